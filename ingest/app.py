@@ -1,0 +1,200 @@
+"""The ingest service: device and gateway batches in, validated readings onto Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import Field
+
+from ingest.batch import MalformedBatch, parse_body, sort_items
+from schemas.base import Contract
+from schemas.deadletter import DeadLetter
+from schemas.readings import SensorReading
+from services.config import Settings
+from services.kafka import dead_letter, encode, make_producer, wait_for_broker
+
+log = logging.getLogger(__name__)
+
+SOURCE = "ingest.http.readings"
+
+
+class ItemRejection(Contract):
+    index: int = Field(description="Position of the item in the submitted batch.")
+    reason: str
+
+
+class IngestResult(Contract):
+    accepted: int = Field(description="Readings now durably on the readings topic.")
+    rejected: list[ItemRejection] = Field(description="Items refused, each with why.")
+
+
+class Problem(Contract):
+    detail: str
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not acknowledge the data in time; nothing may be reported as accepted."""
+
+
+class Gateway:
+    """The ingest service's hand-off to Kafka."""
+
+    def __init__(self, settings: Settings, producer: AIOKafkaProducer) -> None:
+        self.topics = settings.kafka.topics
+        self.producer = producer
+        self.timeout = settings.ingest.delivery_timeout_seconds
+
+    async def publish(self, readings: list[SensorReading], letters: list[DeadLetter]) -> None:
+        """Hand everything to the broker and wait for its acknowledgement, or raise."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                sends = [
+                    await self.producer.send(self.topics.readings, encode(r), key=r.key)
+                    for r in readings
+                ]
+                sends += [
+                    await self.producer.send(self.topics.dead_letter, encode(letter))
+                    for letter in letters
+                ]
+                await asyncio.gather(*sends)
+        except (KafkaError, TimeoutError) as exc:
+            raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
+
+
+def get_gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The ingest HTTP application."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await wait_for_broker(settings.kafka)
+        producer = make_producer(settings.kafka)
+        await producer.start()
+        app.state.gateway = Gateway(settings, producer)
+        try:
+            yield
+        finally:
+            await producer.stop()
+
+    app = FastAPI(
+        title="city-vitals ingest",
+        version="1",
+        summary="Readings from IoT devices and gateways onto the city's Kafka topics.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+
+    @app.exception_handler(BrokerUnavailable)
+    async def _broker_down(request: Request, exc: BrokerUnavailable) -> JSONResponse:
+        log.warning("broker unavailable, answering 503: %s", exc)
+        return JSONResponse(
+            status_code=503,
+            content={
+                "detail": f"the message broker cannot take data now ({exc}); "
+                "nothing from this request was accepted, retry later"
+            },
+            headers={"Retry-After": str(settings.ingest.retry_after_seconds)},
+        )
+
+    @app.get("/health", tags=["health"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post(
+        "/api/v1/readings",
+        status_code=202,
+        response_model=IngestResult,
+        tags=["readings"],
+        summary="Submit a batch of sensor readings",
+        responses={
+            400: {"model": Problem, "description": "The body is not a batch of readings."},
+            413: {"model": Problem, "description": "The body is too large."},
+            422: {"model": IngestResult, "description": "No item of the batch was valid."},
+            503: {"model": Problem, "description": "The broker cannot take data; retry later."},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                {"type": "array", "items": SensorReading.model_json_schema()},
+                                {
+                                    "type": "object",
+                                    "properties": {
+                                        "readings": {
+                                            "type": "array",
+                                            "items": SensorReading.model_json_schema(),
+                                        }
+                                    },
+                                    "required": ["readings"],
+                                },
+                            ]
+                        }
+                    }
+                },
+            }
+        },
+    )
+    async def post_readings(
+        request: Request, gateway: GatewayDep, settings: SettingsDep
+    ) -> JSONResponse:
+        """Validate each reading; put the valid ones on Kafka and say why the others were not.
+
+        202 means every accepted reading is acknowledged by the broker. Rejected items go to
+        the dead-letter topic with their reason.
+        """
+        limit = settings.ingest.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise HTTPException(413, f"body of {declared} bytes exceeds the limit of {limit}")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise HTTPException(413, f"body exceeds the limit of {limit} bytes")
+        try:
+            items = parse_body(bytes(body), max_items=settings.ingest.max_batch_items)
+        except MalformedBatch as exc:
+            await gateway.publish([], [dead_letter(SOURCE, str(exc), bytes(body))])
+            raise HTTPException(400, str(exc)) from exc
+
+        result = sort_items(items)
+        letters = [
+            dead_letter(SOURCE, f"item {r.index}: {r.reason}", orjson.dumps(r.item))
+            for r in result.rejected
+        ]
+        await gateway.publish(result.accepted, letters)
+        answer = IngestResult(
+            accepted=len(result.accepted),
+            rejected=[ItemRejection(index=r.index, reason=r.reason) for r in result.rejected],
+        )
+        return JSONResponse(
+            status_code=202 if result.accepted else 422,
+            content=answer.model_dump(mode="json"),
+        )
+
+    return app

@@ -1,0 +1,1 @@
+"""Versioned contracts for every Kafka topic and API boundary of city-vitals."""

@@ -1,0 +1,69 @@
+"""Alert transitions emitted by the rules engine (topic ``alerts.v1``)."""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+
+from pydantic import Field
+
+from schemas.base import Contract, UtcDatetime
+
+
+class Level(StrEnum):
+    """Chinese four-level warning scale, lowest to highest: 蓝 IV, 黄 III, 橙 II, 红 I."""
+
+    BLUE = "blue"
+    YELLOW = "yellow"
+    ORANGE = "orange"
+    RED = "red"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+
+_RANK = {Level.BLUE: 1, Level.YELLOW: 2, Level.ORANGE: 3, Level.RED: 4}
+
+
+class ScopeLevel(StrEnum):
+    """Spatial scope an indicator is evaluated at."""
+
+    DEVICE = "device"
+    GRID = "grid"
+    STREET = "street"
+    DISTRICT = "district"
+    CITY = "city"
+
+
+class TransitionKind(StrEnum):
+    """What happened to an alert."""
+
+    FIRING = "firing"  # opened at a level
+    LEVEL_CHANGED = "level_changed"  # escalated or de-escalated while open
+    RESOLVED = "resolved"  # back under the clear threshold
+
+
+class AlertTransition(Contract):
+    """One change of one alert. Ids are deterministic so a replay re-emits identical records."""
+
+    transition_id: uuid.UUID
+    alert_id: uuid.UUID = Field(description="Stable for the alert's whole life, open to resolved.")
+    seq: int = Field(ge=1, description="1 for the opening transition, then +1 per transition.")
+    kind: TransitionKind
+    indicator: str
+    scope_level: ScopeLevel
+    scope_id: str
+    level: Level | None = Field(description="Level after the transition; null once resolved.")
+    previous_level: Level | None
+    value: float
+    threshold: float | None = Field(description="The threshold crossed, or the clear threshold.")
+    occurrences: int = Field(ge=1, description="Breaching readings seen while the alert is open.")
+    opened_at: UtcDatetime
+    observed_at: UtcDatetime = Field(description="Event time of the reading that caused it.")
+    reading_id: uuid.UUID | None = None
+
+    @property
+    def key(self) -> bytes:
+        """Partition key: all transitions of one indicator scope stay in order on one partition."""
+        return f"{self.indicator}|{self.scope_level}|{self.scope_id}".encode()

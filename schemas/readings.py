@@ -1,0 +1,69 @@
+"""Sensor readings: what a device measured, where and when (topic ``readings.v1``)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from schemas.base import Contract, UtcDatetime
+
+# Ids are printable codes from the city's registries: no spaces, no separators we use in keys.
+Code = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+
+# A fixed namespace makes a reading id derived from its content reproducible everywhere.
+_READING_NS = uuid.UUID("6f1d4c1e-2b8a-4b57-9a57-6e0d0c8f3a11")
+
+
+def derive_reading_id(device_id: str, metric: str, ts_iso: str) -> uuid.UUID:
+    """Deterministic id for a reading that arrived without one: same content, same id."""
+    return uuid.uuid5(_READING_NS, f"{device_id}|{metric}|{ts_iso}")
+
+
+class Location(Contract):
+    """Where a device stands: coordinates and the city's grid → street → district hierarchy."""
+
+    lon: float | None = Field(default=None, ge=-180, le=180)
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    grid: Code | None = None
+    street: Code | None = None
+    district: Code | None = None
+
+
+class SensorReading(Contract):
+    """One measurement of one metric by one device at one instant (event time)."""
+
+    reading_id: uuid.UUID | None = Field(
+        default=None,
+        description="Client-chosen id; derived from device, metric and time when absent, "
+        "so a retried batch carries the same ids.",
+    )
+    device_id: Code
+    metric: Code = Field(description="What is measured, e.g. waterlogging_depth (积水深度).")
+    value: float = Field(allow_inf_nan=False)
+    unit: Annotated[str, Field(min_length=1, max_length=16)]
+    ts: UtcDatetime = Field(description="When the device measured it (event time, with zone).")
+    location: Location = Field(default_factory=Location)
+
+    @model_validator(mode="after")
+    def _fill_reading_id(self) -> SensorReading:
+        if self.reading_id is None:
+            # Frozen model: set once during validation, never mutated after.
+            object.__setattr__(
+                self,
+                "reading_id",
+                derive_reading_id(self.device_id, self.metric, self.ts.isoformat()),
+            )
+        return self
+
+    @property
+    def key(self) -> bytes:
+        """Partition key: every indicator scoped to this device lands on one partition."""
+        return self.device_id.encode()
+
+
+class ReadingBatch(Contract):
+    """Envelope form of an ingest batch (a bare JSON array is accepted too)."""
+
+    readings: list[dict[str, object]] = Field(max_length=10_000)

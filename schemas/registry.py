@@ -1,0 +1,51 @@
+"""The contracts that get a committed JSON Schema, and the generator that writes them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from schemas.alerts import AlertTransition
+from schemas.deadletter import DeadLetter
+from schemas.readings import SensorReading
+from schemas.tickets import HotlineTicket
+
+SCHEMA_DIR = Path(__file__).parent / "jsonschema"
+
+# file stem -> model; the stem carries the topic version so a breaking change is a new file.
+CONTRACTS: dict[str, type[BaseModel]] = {
+    "reading.v1": SensorReading,
+    "ticket.v1": HotlineTicket,
+    "alert_transition.v1": AlertTransition,
+    "deadletter.v1": DeadLetter,
+}
+
+
+def render(model: type[BaseModel]) -> str:
+    """The JSON Schema text committed for a model."""
+    return (
+        json.dumps(model.model_json_schema(), indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+    )
+
+
+def drifted(directory: Path = SCHEMA_DIR) -> list[str]:
+    """Names of the schema files that differ from what the models generate now."""
+    out = []
+    for stem, model in CONTRACTS.items():
+        path = directory / f"{stem}.schema.json"
+        if not path.exists() or path.read_text(encoding="utf-8") != render(model):
+            out.append(path.name)
+    return out
+
+
+def write(directory: Path = SCHEMA_DIR) -> list[Path]:
+    """Regenerate every schema file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for stem, model in CONTRACTS.items():
+        path = directory / f"{stem}.schema.json"
+        path.write_text(render(model), encoding="utf-8")
+        paths.append(path)
+    return paths

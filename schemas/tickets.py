@@ -1,0 +1,35 @@
+"""12345 citizen-hotline tickets (topic ``tickets.v1``)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from pydantic import Field
+
+from schemas.base import Contract, UtcDatetime
+from schemas.readings import Code, Location
+
+
+class Caller(Contract):
+    """Personal data of the citizen who called; masked for everyone who does not need it."""
+
+    name: Annotated[str, Field(max_length=64)] | None = None
+    phone: Annotated[str, Field(max_length=32, pattern=r"^[0-9+\- ]+$")] | None = None
+
+
+class HotlineTicket(Contract):
+    """A 12345 ticket as registered by the hotline (受理)."""
+
+    ticket_id: uuid.UUID
+    category: Code = Field(description="Service code of the 12345 category taxonomy.")
+    description: Annotated[str, Field(min_length=1, max_length=4000)]
+    reported_at: UtcDatetime
+    location: Location = Field(default_factory=Location)
+    urgent: bool = False
+    caller: Caller = Field(default_factory=Caller)
+
+    @property
+    def key(self) -> bytes:
+        """Partition key: ticket-derived indicators count per district."""
+        return (self.location.district or "unknown").encode()

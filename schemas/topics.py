@@ -1,0 +1,36 @@
+"""Kafka topic names. The version suffix changes when a contract changes incompatibly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+READINGS = "readings.v1"
+TICKETS = "tickets.v1"
+ALERTS = "alerts.v1"
+DEAD_LETTER = "deadletter.v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The platform's topics under one namespace prefix (lets several stacks share a broker)."""
+
+    prefix: str = "city-vitals"
+
+    @property
+    def readings(self) -> str:
+        return f"{self.prefix}.{READINGS}"
+
+    @property
+    def tickets(self) -> str:
+        return f"{self.prefix}.{TICKETS}"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}.{ALERTS}"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}.{DEAD_LETTER}"
+
+    def all(self) -> tuple[str, ...]:
+        return (self.readings, self.tickets, self.alerts, self.dead_letter)

@@ -1,0 +1,55 @@
+"""The platform API: alerts and readings for the screens, with its OpenAPI document."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from services.alerts.views import router as alerts_router
+from services.api.deps import ConnDep
+from services.config import Settings
+from services.db import make_pool
+from services.readings.views import router as readings_router
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The API application; the database pool opens with the app and closes with it."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = make_pool(settings.db)
+        await pool.open(wait=True, timeout=30)
+        app.state.pool = pool
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    app = FastAPI(
+        title="city-vitals API",
+        version="1",
+        summary="The city's vital signs and alerts, for the big, mid and small screens.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def _db_down(request: object, exc: psycopg.OperationalError) -> JSONResponse:
+        return JSONResponse(
+            status_code=503,
+            content={"detail": "the database is unavailable, retry later"},
+            headers={"Retry-After": "5"},
+        )
+
+    @app.get("/health", tags=["health"])
+    async def health(conn: ConnDep) -> dict[str, str]:
+        await conn.execute("SELECT 1")
+        return {"status": "ok", "database": "ok"}
+
+    app.include_router(alerts_router)
+    app.include_router(readings_router)
+    return app

@@ -1,0 +1,183 @@
+"""The ``city-vitals`` command: one subcommand per service, and one for the whole local stack."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import click
+import uvicorn
+from pydantic import ValidationError
+
+from services.config import Settings
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+def _run_until_signalled(main: Callable[[asyncio.Event], Awaitable[object]]) -> None:
+    """Run an async service until SIGINT or SIGTERM, then let it finish its batch and stop."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+def _serve(app: object, host: str, port: int, log_level: str) -> None:
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)  # type: ignore[arg-type]
+
+
+@click.group()
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """city-vitals: the city's vital signs, alerts and events (一网统管).
+
+    Settings come from CITY_VITALS_* environment variables, e.g.
+    CITY_VITALS_KAFKA__BOOTSTRAP_SERVERS and CITY_VITALS_DB__URL.
+    """
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise click.UsageError(f"invalid settings:\n{exc}") from exc
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("aiokafka", "alembic.runtime.plugins"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    ctx.obj = settings
+
+
+@main.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where PostgreSQL data and logs live (kept between runs).",
+)
+@click.option("--fresh", is_flag=True, help="Delete the data directory first.")
+@click.option("--simulate/--no-simulate", default=None, help="Run the simulated city feed.")
+@click.pass_context
+def local(ctx: click.Context, data_dir: Path | None, fresh: bool, simulate: bool | None) -> None:
+    """Run the whole platform locally: broker, PostgreSQL, services and a simulated feed."""
+    from services.local.stack import run
+
+    settings = _settings(ctx)
+    sys.exit(
+        run(
+            settings,
+            data_dir=data_dir,
+            fresh=fresh,
+            simulate=settings.local.simulate if simulate is None else simulate,
+        )
+    )
+
+
+@main.command()
+@click.pass_context
+def ingest(ctx: click.Context) -> None:
+    """Serve the ingest HTTP API (readings onto Kafka)."""
+    from ingest.app import create_app
+
+    settings = _settings(ctx)
+    _serve(create_app(settings), settings.ingest.host, settings.ingest.port, settings.log_level)
+
+
+@main.command()
+@click.pass_context
+def api(ctx: click.Context) -> None:
+    """Serve the platform API (alerts, readings) for the screens."""
+    from services.api.app import create_app
+
+    settings = _settings(ctx)
+    _serve(create_app(settings), settings.api.host, settings.api.port, settings.log_level)
+
+
+@main.command()
+@click.pass_context
+def rules(ctx: click.Context) -> None:
+    """Run the rules engine (readings in, alert transitions out)."""
+    from rules.consumer import run
+
+    settings = _settings(ctx)
+    _run_until_signalled(lambda stop: run(settings, stop))
+
+
+@main.command()
+@click.option(
+    "--migrate/--no-migrate", "apply", default=True, help="Apply schema migrations before starting."
+)
+@click.pass_context
+def writer(ctx: click.Context, apply: bool) -> None:
+    """Run the storage writer (readings and alerts into PostgreSQL)."""
+    from services.db import migrate
+    from services.storage.writer import run
+
+    settings = _settings(ctx)
+    if apply:
+        migrate(settings.db)
+    _run_until_signalled(lambda stop: run(settings, stop))
+
+
+@main.command("migrate")
+@click.option("--revision", default="head", show_default=True)
+@click.pass_context
+def migrate_command(ctx: click.Context, revision: str) -> None:
+    """Apply database migrations up to a revision."""
+    from services.db import current_revision, migrate
+
+    settings = _settings(ctx)
+    migrate(settings.db, revision)
+    click.echo(f"database at revision {current_revision(settings.db)}")
+
+
+@main.command()
+@click.option("--rate", type=float, default=None, help="Readings per second.")
+@click.option("--url", default=None, help="Ingest base URL (default: the configured one).")
+@click.option("--seed", type=int, default=12345, show_default=True)
+@click.pass_context
+def simulate(ctx: click.Context, rate: float | None, url: str | None, seed: int) -> None:
+    """Feed the ingest service with a simulated city."""
+    from ingest import simulator
+
+    settings = _settings(ctx)
+    target = url or f"http://{settings.ingest.host}:{settings.ingest.port}"
+    _run_until_signalled(
+        lambda stop: simulator.run(
+            target, rate=rate or settings.local.simulate_rate, stop=stop, seed=seed
+        )
+    )
+
+
+@main.command()
+@click.option("--check", is_flag=True, help="Fail if the committed files differ from the models.")
+def schemas(check: bool) -> None:
+    """Write (or check) the JSON Schema files generated from the contracts."""
+    from schemas import registry
+
+    if check:
+        drift = registry.drifted()
+        if drift:
+            raise click.ClickException(
+                f"schemas drifted from the models: {', '.join(drift)}; run 'city-vitals schemas'"
+            )
+        click.echo("schemas match the models")
+        return
+    for path in registry.write():
+        click.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

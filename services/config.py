@@ -1,0 +1,121 @@
+"""The one settings object, nested by concern, read from ``CITY_VITALS_*`` environment variables.
+
+Built once in each entry point and passed down; nothing else reads the environment.
+Example: ``CITY_VITALS_KAFKA__BOOTSTRAP_SERVERS=kafka-1:9092``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.topics import Topics
+
+_DEFAULT_DB_URL = "postgresql://city_vitals@127.0.0.1:54329/city_vitals"
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = Field(default="city-vitals", pattern=r"^[A-Za-z0-9._\-]+$")
+    partitions: int = Field(default=6, ge=1, description="Partitions for topics we create.")
+    replication_factor: int = Field(default=1, ge=1)
+    # Apache Kafka supports the idempotent producer; the local Tansu broker does not.
+    enable_idempotence: bool = False
+    request_timeout_ms: int = Field(default=10_000, ge=1000)
+    linger_ms: int = Field(default=5, ge=0)
+    max_batch_records: int = Field(default=5_000, ge=1, description="Records per consumer batch.")
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(prefix=self.topic_prefix)
+
+
+class DatabaseSettings(_Section):
+    url: SecretStr = SecretStr(_DEFAULT_DB_URL)
+    pool_min_size: int = Field(default=1, ge=1)
+    pool_max_size: int = Field(default=8, ge=1)
+    # Use TimescaleDB features when the extension is installed on the server.
+    use_timescaledb: bool = True
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_page_size: int = Field(default=1000, ge=1)
+
+
+class IngestSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8001, ge=1, le=65535)
+    max_batch_items: int = Field(default=10_000, ge=1)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # What a caller is told to wait before retrying when the broker cannot take data.
+    retry_after_seconds: int = Field(default=5, ge=1)
+    delivery_timeout_seconds: float = Field(default=10.0, gt=0)
+
+
+class RulesSettings(_Section):
+    catalogue: Path | None = Field(
+        default=None, description="Indicator catalogue YAML; the bundled default when unset."
+    )
+    consumer_group: str = "city-vitals-rules"
+
+
+class WriterSettings(_Section):
+    consumer_group: str = "city-vitals-writer"
+    batch_wait_ms: int = Field(default=200, ge=1)
+
+
+class LocalSettings(_Section):
+    data_dir: Path | None = Field(
+        default=None, description="Where the local stack keeps PostgreSQL and logs."
+    )
+    postgres_port: int = Field(default=54329, ge=1, le=65535)
+    broker_port: int = Field(default=9092, ge=1, le=65535)
+    simulate: bool = True
+    simulate_rate: float = Field(default=20.0, gt=0, description="Readings per second.")
+
+
+class Settings(BaseSettings):
+    """Everything configurable about a city-vitals process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CITY_VITALS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    env: Environment = Environment.DEVELOPMENT
+    log_level: str = "INFO"
+    kafka: KafkaSettings = KafkaSettings()
+    db: DatabaseSettings = DatabaseSettings()
+    api: ApiSettings = ApiSettings()
+    ingest: IngestSettings = IngestSettings()
+    rules: RulesSettings = RulesSettings()
+    writer: WriterSettings = WriterSettings()
+    local: LocalSettings = LocalSettings()
+
+    @model_validator(mode="after")
+    def _no_development_defaults_in_production(self) -> Settings:
+        if self.env is Environment.PRODUCTION:
+            if self.db.url.get_secret_value() == _DEFAULT_DB_URL:
+                raise ValueError(
+                    "CITY_VITALS_DB__URL must be set in production (the default points at the "
+                    "local development database)"
+                )
+            if self.kafka.bootstrap_servers == KafkaSettings().bootstrap_servers:
+                raise ValueError("CITY_VITALS_KAFKA__BOOTSTRAP_SERVERS must be set in production")
+        return self

@@ -1,0 +1,173 @@
+"""Kafka plumbing written once: producer factory, topic set-up, and the consumer commit loop.
+
+The loop follows one discipline for every consumer: no auto-commit; take a batch, let the
+handler write its effects durably (database rows, produced records flushed), and only then
+commit the offsets. Handlers therefore see every record at least once and must be idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError, for_code
+
+from schemas.base import utcnow
+from schemas.deadletter import DeadLetter
+from services.config import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+Batch = Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
+
+
+def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    """A producer that waits for all in-sync replicas, idempotent where the broker allows."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "acks": "all",
+        "enable_idempotence": kafka.enable_idempotence,
+        "linger_ms": kafka.linger_ms,
+        "request_timeout_ms": kafka.request_timeout_ms,
+        "max_batch_size": 1024 * 1024,
+        "compression_type": None,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+async def ensure_topics(kafka: KafkaSettings) -> None:
+    """Create the platform's topics if they are missing (safe to call from every service)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=kafka.bootstrap_servers, request_timeout_ms=kafka.request_timeout_ms
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in kafka.topics.all() if t not in existing]
+        if missing:
+            response = await admin.create_topics(
+                [NewTopic(t, kafka.partitions, kafka.replication_factor) for t in missing]
+            )
+            for topic, code, *message in response.topic_errors:
+                # Another service may create it between our list and create: that is fine.
+                if code and code != TopicAlreadyExistsError.errno:
+                    raise for_code(code)(f"cannot create topic {topic}: {message}")
+            log.info("created topics %s with %d partitions", missing, kafka.partitions)
+    finally:
+        await admin.close()
+
+
+async def wait_for_broker(kafka: KafkaSettings, patience: float = 60.0) -> None:
+    """Block until the broker answers, so services can start before it in any order."""
+    deadline = asyncio.get_running_loop().time() + patience
+    while True:
+        try:
+            await ensure_topics(kafka)
+            return
+        except KafkaError as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"Kafka at {kafka.bootstrap_servers} did not answer") from exc
+            log.info("waiting for Kafka at %s: %s", kafka.bootstrap_servers, exc)
+            await asyncio.sleep(1.0)
+
+
+def dead_letter(
+    source: str,
+    reason: str,
+    raw: bytes | str,
+    record: ConsumerRecord[bytes, bytes] | None = None,
+) -> DeadLetter:
+    """A dead letter for raw input, pointing at the record it came from when there is one."""
+    payload, truncated = DeadLetter.bounded_payload(raw)
+    return DeadLetter(
+        source=source,
+        reason=reason,
+        payload=payload,
+        truncated=truncated,
+        received_at=utcnow(),
+        topic=record.topic if record else None,
+        partition=record.partition if record else None,
+        offset=record.offset if record else None,
+    )
+
+
+def encode(model: Any) -> bytes:
+    """JSON bytes of a contract model."""
+    data: bytes = model.__pydantic_serializer__.to_json(model)
+    return data
+
+
+class BatchHandler(Protocol):
+    """What a consumer does; the loop around it owns polling and committing."""
+
+    async def assigned(self, partitions: set[TopicPartition]) -> Mapping[TopicPartition, int]:
+        """Partitions were assigned: restore state; return offsets to resume from, if kept."""
+        ...
+
+    async def revoked(self, partitions: set[TopicPartition]) -> None:
+        """Partitions are being taken away: drop their state."""
+        ...
+
+    async def handle(self, batch: Batch) -> None:
+        """Write the batch's effects durably; return only once they are."""
+        ...
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, consumer: AIOKafkaConsumer, handler: BatchHandler) -> None:
+        self.consumer = consumer
+        self.handler = handler
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.handler.revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        resume = await self.handler.assigned(set(assigned))
+        for tp, offset in resume.items():
+            self.consumer.seek(tp, offset)
+        if resume:
+            log.info("resuming %d partitions from offsets kept with their effects", len(resume))
+
+
+async def run_consumer(
+    kafka: KafkaSettings,
+    *,
+    group_id: str,
+    topics: Sequence[str],
+    handler: BatchHandler,
+    stop: asyncio.Event,
+    poll_ms: int = 200,
+) -> None:
+    """Consume ``topics`` in ``group_id`` until ``stop`` is set, committing after each batch."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        request_timeout_ms=max(kafka.request_timeout_ms, 40_000),
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    consumer.subscribe(list(topics), listener=_Rebalance(consumer, handler))
+    await consumer.start()
+    log.info("consuming %s as group %s", list(topics), group_id)
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=poll_ms, max_records=kafka.max_batch_records)
+            if not batch:
+                continue
+            await handler.handle(batch)
+            offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
+            try:
+                await consumer.commit(offsets)
+            except CommitFailedError as exc:
+                # The group rebalanced under us; the next owner resumes from the last commit
+                # and the handler's idempotence absorbs the redelivery.
+                log.warning("offset commit refused after rebalance: %s", exc)
+    finally:
+        await consumer.stop()

@@ -1,0 +1,198 @@
+"""The whole platform on one machine: broker, PostgreSQL, services and a simulated feed.
+
+Each service runs as its own process, exactly as in production, with its settings passed
+through the environment. A service that dies is restarted with backoff; Ctrl-C stops
+everything in reverse order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from pydantic import SecretStr
+
+from services.config import Settings
+from services.db import migrate
+from services.local.broker import LocalBroker
+from services.local.postgres import LocalPostgres
+from services.local.processes import wait_for_port
+
+log = logging.getLogger(__name__)
+
+MAX_RESTARTS = 5
+
+
+def default_data_dir() -> Path:
+    """Where local state lives when no data directory is configured.
+
+    As root, a system path: PostgreSQL then runs as ``nobody``, which cannot enter /root.
+    """
+    if os.geteuid() == 0:
+        return Path("/var/lib/city-vitals")
+    return Path.home() / ".local" / "share" / "city-vitals"
+
+
+@dataclass
+class Service:
+    """One supervised platform process."""
+
+    name: str
+    args: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    def start(self, env: dict[str, str]) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", *self.args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0fs; killing it", self.name, timeout)
+            self.process.kill()
+            self.process.wait()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise _Interrupted
+
+
+class LocalStack:
+    """Starts, watches and stops the local platform."""
+
+    def __init__(self, settings: Settings, *, data_dir: Path, simulate: bool) -> None:
+        self.settings = settings
+        self.data_dir = data_dir
+        self.logs = data_dir / "logs"
+        self.simulate = simulate
+        self.broker = LocalBroker(settings.local.broker_port, self.logs / "broker.log")
+        self.postgres = LocalPostgres(
+            data_dir / "postgres", settings.local.postgres_port, self.logs / "postgres.log"
+        )
+        self.services: list[Service] = []
+
+    def child_env(self, db_url: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["CITY_VITALS_KAFKA__BOOTSTRAP_SERVERS"] = self.broker.bootstrap
+        env["CITY_VITALS_DB__URL"] = db_url
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def start(self) -> dict[str, str]:
+        started = time.monotonic()
+        self.broker.start()
+        self.postgres.start()
+        db_url = self.postgres.create_database("city_vitals")
+        migrate(self.settings.db.model_copy(update={"url": SecretStr(db_url)}))
+        env = self.child_env(db_url)
+        names = ["ingest", "rules", "writer", "api"]
+        if self.simulate:
+            names.append("simulate")
+        self.services = [Service(n, [n], self.logs / f"{n}.log") for n in names]
+        for service in self.services:
+            service.start(env)
+        api, ingest = self.settings.api, self.settings.ingest
+        wait_for_port(api.host, api.port, timeout=60, what="the API", log=self.logs / "api.log")
+        wait_for_port(
+            ingest.host, ingest.port, timeout=60, what="ingest", log=self.logs / "ingest.log"
+        )
+        log.info("local stack up in %.1fs", time.monotonic() - started)
+        return env
+
+    def watch(self, env: dict[str, str]) -> None:
+        """Restart services that die, with backoff; give up on one that keeps dying."""
+        while True:
+            for service in self.services:
+                assert service.process is not None
+                code = service.process.poll()
+                if code is None:
+                    continue
+                now = time.monotonic()
+                service.restarts = [t for t in service.restarts if now - t < 60] + [now]
+                if len(service.restarts) > MAX_RESTARTS:
+                    raise RuntimeError(
+                        f"{service.name} exited {MAX_RESTARTS} times within a minute "
+                        f"(last exit code {code}); see {service.log_path}"
+                    )
+                delay = 2 ** (len(service.restarts) - 1)
+                log.warning(
+                    "%s exited with code %s; restarting in %ds (log: %s)",
+                    service.name,
+                    code,
+                    delay,
+                    service.log_path,
+                )
+                time.sleep(delay)
+                service.start(env)
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+        self.postgres.stop()
+        self.broker.stop()
+
+
+def run(settings: Settings, *, data_dir: Path | None, fresh: bool, simulate: bool) -> int:
+    """Run the local stack in the foreground until Ctrl-C or SIGTERM."""
+    data_dir = (data_dir or settings.local.data_dir or default_data_dir()).resolve()
+    if fresh and data_dir.exists():
+        log.info("--fresh: removing %s", data_dir)
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stack = LocalStack(settings, data_dir=data_dir, simulate=simulate)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
+    try:
+        env = stack.start()
+        api, ingest = settings.api, settings.ingest
+        print(
+            "\ncity-vitals is running on this machine:\n"
+            f"  API            http://{api.host}:{api.port}/docs\n"
+            f"  alerts         http://{api.host}:{api.port}/api/v1/alerts?status=firing\n"
+            f"  ingest         http://{ingest.host}:{ingest.port}/api/v1/readings  (POST)\n"
+            f"  Kafka          {stack.broker.bootstrap}\n"
+            f"  PostgreSQL     {stack.postgres.url()}\n"
+            f"  logs           {stack.logs}\n"
+            f"  simulated feed {'on' if simulate else 'off'}\n"
+            "Press Ctrl-C to stop.\n",
+            flush=True,
+        )
+        stack.watch(env)
+    except _Interrupted:
+        log.info("stopping the local stack")
+    except Exception:
+        log.exception("the local stack failed")
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop()
+        print("city-vitals stopped.", flush=True)
+    return 0

@@ -1,0 +1,218 @@
+"""The whole path on real parts: ingest → Kafka → rules → Kafka → writer → PostgreSQL → API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from schemas.deadletter import DeadLetter
+from tests.integration.conftest import Stack, eventually, read_topic
+
+pytestmark = pytest.mark.integration
+
+
+def reading(
+    device: str, value: float, at: datetime, metric: str = "waterlogging_depth", **extra: object
+) -> dict[str, object]:
+    return {
+        "device_id": device,
+        "metric": metric,
+        "value": value,
+        "unit": "cm",
+        "ts": at.isoformat(),
+        "location": {"district": "tianhe", "street": "linhe"},
+        **extra,
+    }
+
+
+def firing_alerts(client: httpx.Client, stack: Stack, device: str) -> list[dict[str, object]]:
+    page = client.get(f"{stack.api_url}/api/v1/alerts", params={"scope_id": device}).json()
+    return list(page["items"])
+
+
+def test_breaching_reading_becomes_an_alert_served_by_the_api(
+    stack: Stack, client: httpx.Client
+) -> None:
+    device = f"wl-{uuid.uuid4().hex[:6]}"
+    now = datetime.now(UTC)
+    response = client.post(
+        f"{stack.ingest_url}/api/v1/readings",
+        json=[reading(device, 3.0, now), reading(device, 35.0, now + timedelta(seconds=1))],
+    )
+    assert response.status_code == 202, response.text
+    assert response.json() == {"accepted": 2, "rejected": []}
+
+    alerts = eventually(lambda: firing_alerts(client, stack, device))
+    assert isinstance(alerts, list)
+    [alert] = alerts
+    assert alert["indicator"] == "water.waterlogging_depth"
+    assert alert["status"] == "firing"
+    assert alert["level"] == "orange"  # 30 ≤ 35 < 50
+    assert alert["threshold"] == 30.0
+
+
+def test_alert_escalates_and_resolves_with_hysteresis(stack: Stack, client: httpx.Client) -> None:
+    device = f"wl-{uuid.uuid4().hex[:6]}"
+    t0 = datetime.now(UTC)
+    values = [12.0, 22.0, 55.0, 8.0, 4.0]  # blue, yellow, red, inside the band (≥ 5), cleared
+    body = [reading(device, v, t0 + timedelta(seconds=i)) for i, v in enumerate(values)]
+    assert client.post(f"{stack.ingest_url}/api/v1/readings", json=body).status_code == 202
+
+    def resolved() -> list[dict[str, object]]:
+        return [a for a in firing_alerts(client, stack, device) if a["status"] == "resolved"]
+
+    [alert] = eventually(resolved)
+    detail = client.get(f"{stack.api_url}/api/v1/alerts/{alert['alert_id']}").json()
+    kinds = [(t["kind"], t["level"]) for t in detail["transitions"]]
+    assert kinds == [
+        ("firing", "blue"),
+        ("level_changed", "yellow"),
+        ("level_changed", "red"),
+        ("resolved", None),
+    ]
+    assert detail["peak_level"] == "red"
+    assert detail["occurrences"] == 3
+    assert detail["transitions"][-1]["value"] == 4.0
+
+
+def test_malformed_batch_is_refused_with_a_reason_and_dead_lettered(
+    stack: Stack, client: httpx.Client
+) -> None:
+    marker = uuid.uuid4().hex
+    response = client.post(
+        f"{stack.ingest_url}/api/v1/readings",
+        content=f'{{"not json {marker}'.encode(),
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert "not valid JSON" in response.json()["detail"]
+
+    letters = [
+        DeadLetter.model_validate_json(v)
+        for v in read_topic(stack.kafka, stack.kafka.topics.dead_letter, at_least=1)
+    ]
+    mine = [d for d in letters if marker in d.payload]
+    assert len(mine) == 1
+    assert mine[0].source == "ingest.http.readings"
+    assert "not valid JSON" in mine[0].reason
+
+
+def test_invalid_items_are_reported_one_by_one_and_the_valid_ones_kept(
+    stack: Stack, client: httpx.Client
+) -> None:
+    device = f"mix-{uuid.uuid4().hex[:6]}"
+    now = datetime.now(UTC)
+    body = [
+        reading(device, 1.0, now),
+        {
+            "device_id": device,
+            "metric": "waterlogging_depth",
+            "value": "deep",
+            "unit": "cm",
+            "ts": now.isoformat(),
+        },
+        {
+            "device_id": device,
+            "metric": "waterlogging_depth",
+            "value": 2.0,
+            "unit": "cm",
+            "ts": "2026-07-01T08:00:00",
+        },  # no zone
+        reading(device, 2.0, now + timedelta(seconds=1), colour="blue"),
+    ]
+    response = client.post(f"{stack.ingest_url}/api/v1/readings", json={"readings": body})
+    assert response.status_code == 202
+    result = response.json()
+    assert result["accepted"] == 1
+    reasons = {r["index"]: r["reason"] for r in result["rejected"]}
+    assert set(reasons) == {1, 2, 3}
+    assert "value" in reasons[1]
+    assert "ts" in reasons[2]
+    assert "timezone" in reasons[2]
+    assert "colour" in reasons[3]
+
+    letters = [
+        DeadLetter.model_validate_json(v)
+        for v in read_topic(stack.kafka, stack.kafka.topics.dead_letter, at_least=4)
+    ]
+    mine = [d for d in letters if device in d.payload]
+    assert sorted(d.reason.split(":")[0] for d in mine) == ["item 1", "item 2", "item 3"]
+
+    only_invalid = client.post(f"{stack.ingest_url}/api/v1/readings", json=[body[1]])
+    assert only_invalid.status_code == 422
+    assert only_invalid.json()["accepted"] == 0
+
+
+def test_every_accepted_reading_is_stored_exactly_once_across_a_writer_crash(
+    stack: Stack, client: httpx.Client
+) -> None:
+    device_prefix = f"once-{uuid.uuid4().hex[:6]}"
+    t0 = datetime.now(UTC) - timedelta(hours=1)
+    total, batches = 6000, 30
+    per = total // batches
+    sent = 0
+    for b in range(batches):
+        body = [
+            reading(
+                f"{device_prefix}-{i % 50}", float(i % 7), t0 + timedelta(milliseconds=b * per + i)
+            )
+            for i in range(per)
+        ]
+        r = client.post(f"{stack.ingest_url}/api/v1/readings", json=body)
+        assert r.status_code == 202, r.text
+        sent += r.json()["accepted"]
+        if b == batches // 2:
+            # Kill the writer mid-stream, without warning, and bring it back.
+            stack.stop("writer", kill=True)
+            stack.start("writer")
+    assert sent == total
+
+    def stored() -> list[tuple[object, ...]]:
+        rows = stack.query(
+            "SELECT count(*), count(DISTINCT reading_id) FROM readings WHERE device_id LIKE %s",
+            f"{device_prefix}-%",
+        )
+        return rows if rows[0][0] == total else []
+
+    [(count, distinct)] = eventually(stored, timeout=60)
+    assert (count, distinct) == (total, total)
+
+
+def test_latest_readings_of_a_scope(stack: Stack, client: httpx.Client) -> None:
+    device = f"lat-{uuid.uuid4().hex[:6]}"
+    now = datetime.now(UTC)
+    body = [reading(device, float(v), now - timedelta(seconds=10 - v)) for v in range(5)]
+    body.append(reading(device, 55.5, now, metric="rainfall_1h"))
+    assert client.post(f"{stack.ingest_url}/api/v1/readings", json=body).status_code == 202
+
+    def latest() -> dict[str, float]:
+        page = client.get(f"{stack.api_url}/api/v1/scopes/device/{device}/readings/latest").json()
+        return {item["metric"]: item["value"] for item in page["items"]}
+
+    assert eventually(lambda: len(latest()) == 2 and latest())
+    assert latest() == {"waterlogging_depth": 4.0, "rainfall_1h": 55.5}
+
+    bad = client.get(f"{stack.api_url}/api/v1/scopes/planet/earth/readings/latest")
+    assert bad.status_code == 422
+    too_many = client.get(f"{stack.api_url}/api/v1/alerts", params={"limit": 10**6})
+    assert too_many.status_code == 422
+    missing = client.get(f"{stack.api_url}/api/v1/alerts/{uuid.uuid4()}")
+    assert missing.status_code == 404
+
+
+def test_openapi_documents_the_endpoints(stack: Stack, client: httpx.Client) -> None:
+    api = client.get(f"{stack.api_url}/openapi.json").json()
+    assert {
+        "/api/v1/alerts",
+        "/api/v1/alerts/{alert_id}",
+        "/api/v1/scopes/{scope_level}/{scope_id}/readings/latest",
+        "/health",
+    } <= set(api["paths"])
+    ingest = client.get(f"{stack.ingest_url}/openapi.json").json()
+    post = ingest["paths"]["/api/v1/readings"]["post"]
+    as_array = post["requestBody"]["content"]["application/json"]["schema"]["oneOf"][0]
+    assert as_array["items"]["required"] == ["device_id", "metric", "value", "unit", "ts"]
+    assert {"202", "400", "413", "422", "503"} <= set(post["responses"])

@@ -1,0 +1,36 @@
+"""Settings: nested environment variables and refusal of development defaults in production."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from services.config import Settings
+
+
+def test_nested_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITY_VITALS_KAFKA__BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
+    monkeypatch.setenv("CITY_VITALS_KAFKA__ENABLE_IDEMPOTENCE", "true")
+    monkeypatch.setenv("CITY_VITALS_DB__URL", "postgresql://u:p@tsdb:5432/city")
+    settings = Settings()
+    assert settings.kafka.bootstrap_servers == "kafka-1:9092,kafka-2:9092"
+    assert settings.kafka.enable_idempotence is True
+    assert settings.db.url.get_secret_value() == "postgresql://u:p@tsdb:5432/city"
+    assert "p@tsdb" not in repr(settings)
+
+
+def test_production_refuses_the_development_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITY_VITALS_ENV", "production")
+    with pytest.raises(ValidationError, match="CITY_VITALS_DB__URL must be set"):
+        Settings()
+    monkeypatch.setenv("CITY_VITALS_DB__URL", "postgresql://u:p@tsdb:5432/city")
+    with pytest.raises(ValidationError, match="BOOTSTRAP_SERVERS must be set"):
+        Settings()
+    monkeypatch.setenv("CITY_VITALS_KAFKA__BOOTSTRAP_SERVERS", "kafka:9092")
+    assert Settings().env == "production"
+
+
+def test_unknown_settings_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITY_VITALS_KAFKA__BOOTSTRAP", "typo:9092")
+    with pytest.raises(ValidationError, match="bootstrap"):
+        Settings()

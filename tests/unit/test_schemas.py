@@ -1,0 +1,112 @@
+"""Contracts: validation at the boundary and the committed JSON Schema files."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from schemas import registry
+from schemas.alerts import Level
+from schemas.base import describe_errors
+from schemas.deadletter import MAX_PAYLOAD_CHARS, DeadLetter
+from schemas.readings import SensorReading
+from schemas.topics import Topics
+
+GOOD = {
+    "device_id": "gz-wl-001",
+    "metric": "waterlogging_depth",
+    "value": 12.5,
+    "unit": "cm",
+    "ts": "2026-07-01T08:00:00+08:00",
+}
+
+
+def test_committed_json_schemas_match_the_models() -> None:
+    assert registry.drifted() == [], "run 'city-vitals schemas' and commit the result"
+
+
+def test_drift_is_detected() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        registry.write(Path(tmp))
+        assert registry.drifted(Path(tmp)) == []
+        path = Path(tmp) / "reading.v1.schema.json"
+        path.write_text(path.read_text().replace('"device_id"', '"device"'))
+        assert registry.drifted(Path(tmp)) == ["reading.v1.schema.json"]
+
+
+def test_reading_times_are_normalised_to_utc() -> None:
+    reading = SensorReading.model_validate(GOOD)
+    assert reading.ts == datetime(2026, 7, 1, 0, 0, tzinfo=UTC)
+    assert reading.ts.utcoffset() == timedelta(0)
+
+
+def test_reading_id_is_derived_deterministically_when_absent() -> None:
+    a = SensorReading.model_validate(GOOD)
+    b = SensorReading.model_validate({**GOOD, "ts": "2026-07-01T00:00:00Z"})  # same instant
+    c = SensorReading.model_validate({**GOOD, "value": 99})
+    assert a.reading_id is not None
+    assert a.reading_id == b.reading_id == c.reading_id  # identity is device, metric, time
+    other = SensorReading.model_validate({**GOOD, "metric": "rainfall_1h"})
+    assert other.reading_id != a.reading_id
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"ts": "2026-07-01T08:00:00"}, "ts"),  # no zone
+        ({"value": math.nan}, "value"),
+        ({"value": "deep"}, "value"),
+        ({"device_id": "has space"}, "device_id"),
+        ({"unit": ""}, "unit"),
+        ({"colour": "blue"}, "colour"),  # unknown field
+        ({"location": {"lon": 200}}, "location.lon"),
+    ],
+)
+def test_invalid_readings_are_refused_naming_the_field(
+    change: dict[str, object], field: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        SensorReading.model_validate({**GOOD, **change})
+    assert describe_errors(info.value).startswith(f"{field}:")
+
+
+def test_missing_fields_are_named() -> None:
+    with pytest.raises(ValidationError) as info:
+        SensorReading.model_validate({"device_id": "x"})
+    reason = describe_errors(info.value)
+    for name in ("metric", "value", "unit", "ts"):
+        assert f"{name}: Field required" in reason
+
+
+def test_readings_are_keyed_by_device() -> None:
+    assert SensorReading.model_validate(GOOD).key == b"gz-wl-001"
+
+
+def test_dead_letter_payload_is_bounded() -> None:
+    text, cut = DeadLetter.bounded_payload(b"x" * (MAX_PAYLOAD_CHARS + 10))
+    assert cut
+    assert len(text) == MAX_PAYLOAD_CHARS
+    text, cut = DeadLetter.bounded_payload("短".encode())
+    assert (text, cut) == ("短", False)
+    text, _ = DeadLetter.bounded_payload(b"\xff\xfe")
+    assert "\ufffd" in text
+
+
+def test_topic_names_are_versioned_and_namespaced() -> None:
+    topics = Topics(prefix="gz")
+    assert topics.all() == ("gz.readings.v1", "gz.tickets.v1", "gz.alerts.v1", "gz.deadletter.v1")
+
+
+def test_levels_rank_blue_to_red() -> None:
+    assert [lv.rank for lv in (Level.BLUE, Level.YELLOW, Level.ORANGE, Level.RED)] == [1, 2, 3, 4]
+
+
+def test_other_zones_are_accepted() -> None:
+    ts = datetime(2026, 7, 1, 8, 0, tzinfo=timezone(timedelta(hours=8)))
+    reading = SensorReading(device_id="a", metric="m", value=1, unit="u", ts=ts)
+    assert reading.ts.tzinfo is UTC
