@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+import psycopg
 from pydantic import SecretStr
 
 from services.config import Settings
@@ -39,6 +40,16 @@ def default_data_dir() -> Path:
     if os.geteuid() == 0:
         return Path("/var/lib/city-vitals")
     return Path.home() / ".local" / "share" / "city-vitals"
+
+
+def forget_offsets_of_previous_broker(db_url: str) -> None:
+    """The local broker starts with empty topics, so offsets stored against the previous
+    broker's topics point at records that no longer exist; resuming from them would skip
+    new ones. Apache Kafka keeps its topics, and nothing of this runs in production."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        forgotten = conn.execute("DELETE FROM consumer_offsets").rowcount
+    if forgotten:
+        log.info("local broker starts empty: forgot %d stored partition offsets", forgotten)
 
 
 @dataclass
@@ -110,6 +121,7 @@ class LocalStack:
         self.postgres.start()
         db_url = self.postgres.create_database("city_vitals")
         migrate(self.settings.db.model_copy(update={"url": SecretStr(db_url)}))
+        forget_offsets_of_previous_broker(db_url)
         env = self.child_env(db_url)
         names = ["ingest", "rules", "writer", "api"]
         if self.simulate:

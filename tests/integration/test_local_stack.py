@@ -107,8 +107,32 @@ def test_local_stack_serves_an_alert_stops_cleanly_and_keeps_its_data(workdir: P
     proc = start_local(data_dir, env)
     try:
         wait_for_port("127.0.0.1", api_port, timeout=90, what="local API (second run)")
+        wait_for_port("127.0.0.1", ingest_port, timeout=90, what="local ingest (second run)")
         with httpx.Client(timeout=30) as client:
             items = client.get(f"{api}/api/v1/alerts", params={"scope_id": device}).json()["items"]
             assert [a["level"] for a in items] == ["red"]
+            # The broker started empty; new readings are stored, not skipped by old offsets.
+            later = f"{device}-b"
+            body = [
+                {
+                    "device_id": later,
+                    "metric": "aqi",
+                    "value": 42,
+                    "unit": "AQI",
+                    "ts": datetime.now(UTC).isoformat(),
+                }
+            ]
+            assert (
+                client.post(
+                    f"http://127.0.0.1:{ingest_port}/api/v1/readings", json=body
+                ).status_code
+                == 202
+            )
+            eventually(
+                lambda: client.get(f"{api}/api/v1/scopes/device/{later}/readings/latest").json()[
+                    "items"
+                ],
+                timeout=30,
+            )
     finally:
         stop_local(proc)
