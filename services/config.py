@@ -46,6 +46,9 @@ class DatabaseSettings(_Section):
     url: SecretStr = SecretStr(_DEFAULT_DB_URL)
     pool_min_size: int = Field(default=1, ge=1)
     pool_max_size: int = Field(default=8, ge=1)
+    acquire_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds a request waits for a connection before 503."
+    )
     # Use TimescaleDB features when the extension is installed on the server.
     use_timescaledb: bool = True
 
@@ -84,6 +87,9 @@ class LocalSettings(_Section):
     )
     postgres_port: int = Field(default=54329, ge=1, le=65535)
     broker_port: int = Field(default=9092, ge=1, le=65535)
+    # Off: use the configured CITY_VITALS_KAFKA__* / CITY_VITALS_DB__URL parts instead.
+    embedded_broker: bool = True
+    embedded_postgres: bool = True
     simulate: bool = True
     simulate_rate: float = Field(default=20.0, gt=0, description="Readings per second.")
 

@@ -55,6 +55,7 @@ def make_pool(db: DatabaseSettings) -> AsyncConnectionPool:
         db.url.get_secret_value(),
         min_size=db.pool_min_size,
         max_size=db.pool_max_size,
+        timeout=db.acquire_timeout,
         open=False,
         kwargs={"autocommit": True},
     )

@@ -22,7 +22,8 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = make_pool(settings.db)
-        await pool.open(wait=True, timeout=30)
+        # Serve even while the database is away: requests then get 503, not a refused socket.
+        await pool.open(wait=False)
         app.state.pool = pool
         try:
             yield

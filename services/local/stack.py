@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -40,6 +41,11 @@ def default_data_dir() -> Path:
     if os.geteuid() == 0:
         return Path("/var/lib/city-vitals")
     return Path.home() / ".local" / "share" / "city-vitals"
+
+
+def redact(url: str) -> str:
+    """A database URL fit to print: the password replaced."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 def forget_offsets_of_previous_broker(db_url: str) -> None:
@@ -102,27 +108,41 @@ class LocalStack:
         self.data_dir = data_dir
         self.logs = data_dir / "logs"
         self.simulate = simulate
-        self.broker = LocalBroker(settings.local.broker_port, self.logs / "broker.log")
-        self.postgres = LocalPostgres(
-            data_dir / "postgres", settings.local.postgres_port, self.logs / "postgres.log"
+        local = settings.local
+        self.broker = (
+            LocalBroker(local.broker_port, self.logs / "broker.log")
+            if local.embedded_broker
+            else None
+        )
+        self.postgres = (
+            LocalPostgres(data_dir / "postgres", local.postgres_port, self.logs / "postgres.log")
+            if local.embedded_postgres
+            else None
         )
         self.services: list[Service] = []
 
-    def child_env(self, db_url: str) -> dict[str, str]:
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap if self.broker else self.settings.kafka.bootstrap_servers
+
+    def start(self) -> tuple[dict[str, str], str]:
+        """Start everything; returns the services' environment and the database URL."""
+        started = time.monotonic()
+        if self.broker:
+            self.broker.start()
+        if self.postgres:
+            self.postgres.start()
+            db_url = self.postgres.create_database("city_vitals")
+        else:
+            db_url = self.settings.db.url.get_secret_value()
+        migrate(self.settings.db.model_copy(update={"url": SecretStr(db_url)}))
+        if self.broker:
+            forget_offsets_of_previous_broker(db_url)
+
         env = dict(os.environ)
-        env["CITY_VITALS_KAFKA__BOOTSTRAP_SERVERS"] = self.broker.bootstrap
+        env["CITY_VITALS_KAFKA__BOOTSTRAP_SERVERS"] = self.bootstrap
         env["CITY_VITALS_DB__URL"] = db_url
         env["PYTHONUNBUFFERED"] = "1"
-        return env
-
-    def start(self) -> dict[str, str]:
-        started = time.monotonic()
-        self.broker.start()
-        self.postgres.start()
-        db_url = self.postgres.create_database("city_vitals")
-        migrate(self.settings.db.model_copy(update={"url": SecretStr(db_url)}))
-        forget_offsets_of_previous_broker(db_url)
-        env = self.child_env(db_url)
         names = ["ingest", "rules", "writer", "api"]
         if self.simulate:
             names.append("simulate")
@@ -135,7 +155,7 @@ class LocalStack:
             ingest.host, ingest.port, timeout=60, what="ingest", log=self.logs / "ingest.log"
         )
         log.info("local stack up in %.1fs", time.monotonic() - started)
-        return env
+        return env, db_url
 
     def watch(self, env: dict[str, str]) -> None:
         """Restart services that die, with backoff; give up on one that keeps dying."""
@@ -167,8 +187,10 @@ class LocalStack:
     def stop(self) -> None:
         for service in reversed(self.services):
             service.stop()
-        self.postgres.stop()
-        self.broker.stop()
+        if self.postgres:
+            self.postgres.stop()
+        if self.broker:
+            self.broker.stop()
 
 
 def run(settings: Settings, *, data_dir: Path | None, fresh: bool, simulate: bool) -> int:
@@ -182,15 +204,15 @@ def run(settings: Settings, *, data_dir: Path | None, fresh: bool, simulate: boo
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, _raise_interrupt)
     try:
-        env = stack.start()
+        env, db_url = stack.start()
         api, ingest = settings.api, settings.ingest
         print(
             "\ncity-vitals is running on this machine:\n"
             f"  API            http://{api.host}:{api.port}/docs\n"
             f"  alerts         http://{api.host}:{api.port}/api/v1/alerts?status=firing\n"
             f"  ingest         http://{ingest.host}:{ingest.port}/api/v1/readings  (POST)\n"
-            f"  Kafka          {stack.broker.bootstrap}\n"
-            f"  PostgreSQL     {stack.postgres.url()}\n"
+            f"  Kafka          {stack.bootstrap}{'' if stack.broker else ' (external)'}\n"
+            f"  PostgreSQL     {redact(db_url)}{'' if stack.postgres else ' (external)'}\n"
             f"  logs           {stack.logs}\n"
             f"  simulated feed {'on' if simulate else 'off'}\n"
             "Press Ctrl-C to stop.\n",

@@ -15,124 +15,151 @@ import httpx
 import psutil
 import pytest
 
-from services.local.processes import free_port, wait_for_port
-from tests.integration.conftest import ROOT, eventually
+from services.local.broker import LocalBroker
+from services.local.postgres import LocalPostgres
+from services.local.processes import free_port, port_open, wait_for_port
+from tests.integration.conftest import ROOT, eventually, fresh_database
 
 pytestmark = pytest.mark.integration
 
 
-def start_local(data_dir: Path, env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "local", "--data-dir", str(data_dir), *extra],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+class Local:
+    """``city-vitals local`` run as a user would, on ports of its own."""
+
+    def __init__(self, workdir: Path, **settings: str) -> None:
+        self.data_dir = workdir / f"local-{uuid.uuid4().hex[:6]}"
+        self.api_port, self.ingest_port = free_port(), free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CITY_VITALS_")}
+        self.env.update(
+            CITY_VITALS_API__PORT=str(self.api_port),
+            CITY_VITALS_INGEST__PORT=str(self.ingest_port),
+            CITY_VITALS_LOCAL__BROKER_PORT=str(free_port()),
+            CITY_VITALS_LOCAL__POSTGRES_PORT=str(free_port()),
+            **settings,
+        )
+        self.api = f"http://127.0.0.1:{self.api_port}"
+        self.ingest = f"http://127.0.0.1:{self.ingest_port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.output = workdir / f"{self.data_dir.name}.out"
+
+    def start(self, *flags: str) -> None:
+        with self.output.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "services.cli",
+                    "local",
+                    "--data-dir",
+                    str(self.data_dir),
+                    *flags,
+                ],
+                env=self.env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for_port("127.0.0.1", self.api_port, timeout=90, what="local API", log=self.output)
+        wait_for_port(
+            "127.0.0.1", self.ingest_port, timeout=90, what="local ingest", log=self.output
+        )
+
+    def stop(self) -> str:
+        """Ctrl-C, and check that it exits 0 leaving no process behind."""
+        assert self.proc is not None
+        children = psutil.Process(self.proc.pid).children(recursive=True)
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(60)
+        text = self.output.read_text(errors="replace")
+        assert self.proc.returncode == 0, text
+        _gone, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"left running after Ctrl-C: {alive}"
+        self.proc = None
+        return text
+
+    def post(self, client: httpx.Client, body: list[dict[str, object]]) -> None:
+        response = client.post(f"{self.ingest}/api/v1/readings", json=body)
+        assert response.status_code == 202, response.text
+
+    def alerts(self, client: httpx.Client, device: str) -> list[dict[str, object]]:
+        page = client.get(f"{self.api}/api/v1/alerts", params={"scope_id": device}).json()
+        return list(page["items"])
+
+    def latest(self, client: httpx.Client, scope: str) -> list[dict[str, object]]:
+        page = client.get(f"{self.api}/api/v1/scopes/{scope}/readings/latest").json()
+        return list(page["items"])
 
 
-def stop_local(proc: subprocess.Popen[bytes]) -> str:
-    children = psutil.Process(proc.pid).children(recursive=True)
-    proc.send_signal(signal.SIGINT)  # what Ctrl-C does
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out.decode(errors="replace")
-    _gone, alive = psutil.wait_procs(children, timeout=10)
-    assert not alive, f"left running after Ctrl-C: {alive}"
-    return out.decode(errors="replace")
+def depth(device: str, values: list[float]) -> list[dict[str, object]]:
+    now = datetime.now(UTC)
+    return [
+        {
+            "device_id": device,
+            "metric": "waterlogging_depth",
+            "value": v,
+            "unit": "cm",
+            "ts": (now + timedelta(seconds=i)).isoformat(),
+        }
+        for i, v in enumerate(values)
+    ]
 
 
 def test_local_stack_serves_an_alert_stops_cleanly_and_keeps_its_data(workdir: Path) -> None:
-    data_dir = workdir / "local-stack"
-    api_port, ingest_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CITY_VITALS_")}
-    env.update(
-        CITY_VITALS_API__PORT=str(api_port),
-        CITY_VITALS_INGEST__PORT=str(ingest_port),
-        CITY_VITALS_LOCAL__BROKER_PORT=str(free_port()),
-        CITY_VITALS_LOCAL__POSTGRES_PORT=str(free_port()),
-    )
-    api = f"http://127.0.0.1:{api_port}"
+    local = Local(workdir)
     device = f"wl-{uuid.uuid4().hex[:6]}"
-
     started = time.monotonic()
-    proc = start_local(data_dir, env, "--fresh")
+    local.start("--fresh")
     try:
-        wait_for_port("127.0.0.1", api_port, timeout=90, what="local API")
-        wait_for_port("127.0.0.1", ingest_port, timeout=90, what="local ingest")
         with httpx.Client(timeout=30) as client:
-            now = datetime.now(UTC)
-            body = [
-                {
-                    "device_id": device,
-                    "metric": "waterlogging_depth",
-                    "value": v,
-                    "unit": "cm",
-                    "ts": (now + timedelta(seconds=i)).isoformat(),
-                }
-                for i, v in enumerate([2, 60])
-            ]
             posted = time.monotonic()
-            assert (
-                client.post(
-                    f"http://127.0.0.1:{ingest_port}/api/v1/readings", json=body
-                ).status_code
-                == 202
-            )
-
-            def red_alert() -> bool:
-                items = client.get(f"{api}/api/v1/alerts", params={"scope_id": device}).json()[
-                    "items"
-                ]
-                return bool(items) and items[0]["level"] == "red"
-
-            eventually(red_alert, timeout=30)
-            seconds = time.monotonic() - posted
+            local.post(client, depth(device, [2, 60]))
+            eventually(lambda: [a["level"] for a in local.alerts(client, device)] == ["red"])
             print(
                 f"local stack: serving after {posted - started:.1f}s, "
-                f"alert visible {seconds:.1f}s after the reading"
+                f"alert visible {time.monotonic() - posted:.1f}s after the reading"
             )
             # The simulated city is feeding it too.
-            eventually(
-                lambda: client.get(f"{api}/api/v1/scopes/city/city/readings/latest").json()[
-                    "items"
-                ],
-                timeout=30,
-            )
+            eventually(lambda: local.latest(client, "district/tianhe"))
     finally:
-        if proc.poll() is None:
-            output = stop_local(proc)
-            assert "city-vitals stopped." in output
+        output = local.stop()
+    assert "city-vitals is running" in output
+    assert "city-vitals stopped." in output
 
-    # Run again without --fresh: PostgreSQL's data is still there.
-    proc = start_local(data_dir, env)
+    # Again without --fresh: PostgreSQL kept its data; the broker started empty and new
+    # readings are stored, not skipped by offsets kept from the previous run.
+    local.start("--no-simulate")
     try:
-        wait_for_port("127.0.0.1", api_port, timeout=90, what="local API (second run)")
-        wait_for_port("127.0.0.1", ingest_port, timeout=90, what="local ingest (second run)")
         with httpx.Client(timeout=30) as client:
-            items = client.get(f"{api}/api/v1/alerts", params={"scope_id": device}).json()["items"]
-            assert [a["level"] for a in items] == ["red"]
-            # The broker started empty; new readings are stored, not skipped by old offsets.
+            assert [a["level"] for a in local.alerts(client, device)] == ["red"]
             later = f"{device}-b"
-            body = [
-                {
-                    "device_id": later,
-                    "metric": "aqi",
-                    "value": 42,
-                    "unit": "AQI",
-                    "ts": datetime.now(UTC).isoformat(),
-                }
-            ]
-            assert (
-                client.post(
-                    f"http://127.0.0.1:{ingest_port}/api/v1/readings", json=body
-                ).status_code
-                == 202
-            )
-            eventually(
-                lambda: client.get(f"{api}/api/v1/scopes/device/{later}/readings/latest").json()[
-                    "items"
-                ],
-                timeout=30,
-            )
+            local.post(client, depth(later, [1]))
+            eventually(lambda: local.latest(client, f"device/{later}"))
     finally:
-        stop_local(proc)
+        local.stop()
+
+
+def test_pointing_the_local_stack_at_other_parts_is_configuration_only(
+    workdir: Path, broker: LocalBroker, postgres: LocalPostgres
+) -> None:
+    db_url = fresh_database(postgres)
+    local = Local(
+        workdir,
+        CITY_VITALS_LOCAL__EMBEDDED_BROKER="false",
+        CITY_VITALS_LOCAL__EMBEDDED_POSTGRES="false",
+        CITY_VITALS_KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap,
+        CITY_VITALS_KAFKA__TOPIC_PREFIX=f"ext{uuid.uuid4().hex[:6]}",
+        CITY_VITALS_DB__URL=db_url,
+    )
+    device = f"ext-{uuid.uuid4().hex[:6]}"
+    local.start("--no-simulate")
+    try:
+        with httpx.Client(timeout=30) as client:
+            local.post(client, depth(device, [33]))
+            eventually(lambda: local.alerts(client, device))
+    finally:
+        output = local.stop()
+    assert f"Kafka          {broker.bootstrap} (external)" in output
+    assert not (local.data_dir / "postgres").exists()
+    # It used those parts without owning them: they are still up.
+    assert port_open("127.0.0.1", broker.port)
+    assert port_open("127.0.0.1", postgres.port)
