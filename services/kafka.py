@@ -103,6 +103,11 @@ def encode(model: Any) -> bytes:
     return data
 
 
+class Fenced(Exception):
+    """Another member of the group already wrote past this batch (it owned the partition
+    meanwhile); nothing of the batch was written and it must be re-read from stored offsets."""
+
+
 class BatchHandler(Protocol):
     """What a consumer does; the loop around it owns polling and committing."""
 
@@ -115,7 +120,8 @@ class BatchHandler(Protocol):
         ...
 
     async def handle(self, batch: Batch) -> None:
-        """Write the batch's effects durably; return only once they are."""
+        """Write the batch's effects durably; return only once they are. Raise ``Fenced``
+        (having written nothing) when stored offsets show another member got there first."""
         ...
 
 
@@ -133,6 +139,16 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             self.consumer.seek(tp, offset)
         if resume:
             log.info("resuming %d partitions from offsets kept with their effects", len(resume))
+
+
+async def _rewind(consumer: AIOKafkaConsumer, handler: BatchHandler, batch: Batch) -> None:
+    """Put every partition of an unwritten batch back where its effects say it stands."""
+    owned = consumer.assignment()
+    partitions = {tp for tp in batch if tp in owned}
+    kept = await handler.assigned(partitions)
+    for tp in partitions:
+        consumer.seek(tp, kept.get(tp, batch[tp][0].offset))
+    log.warning("batch fenced by another group member; re-reading %d partitions", len(partitions))
 
 
 async def run_consumer(
@@ -161,7 +177,11 @@ async def run_consumer(
             batch = await consumer.getmany(timeout_ms=poll_ms, max_records=kafka.max_batch_records)
             if not batch:
                 continue
-            await handler.handle(batch)
+            try:
+                await handler.handle(batch)
+            except Fenced:
+                await _rewind(consumer, handler, batch)
+                continue
             offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
             try:
                 await consumer.commit(offsets)

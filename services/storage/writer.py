@@ -23,7 +23,15 @@ from schemas.alerts import AlertTransition
 from schemas.base import describe_errors
 from schemas.readings import SensorReading
 from services.config import Settings
-from services.kafka import Batch, dead_letter, encode, make_producer, run_consumer, wait_for_broker
+from services.kafka import (
+    Batch,
+    Fenced,
+    dead_letter,
+    encode,
+    make_producer,
+    run_consumer,
+    wait_for_broker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +101,15 @@ ON CONFLICT (alert_id) DO UPDATE SET
 WHERE alerts.last_seq < EXCLUDED.last_seq
 """
 
-UPSERT_OFFSET = """
+# Compare-and-set: advance only from at or before where this batch starts. A member that
+# lost the partition in a rebalance but is still writing (a zombie) finds the offset moved
+# past its batch, writes nothing, and re-reads.
+ADVANCE_OFFSET = """
 INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset, updated_at)
-VALUES (%s, %s, %s, %s, now())
+VALUES (%(group)s, %(topic)s, %(partition)s, %(next)s, now())
 ON CONFLICT (consumer_group, topic, partition)
 DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = EXCLUDED.updated_at
+WHERE consumer_offsets.next_offset <= %(first)s
 """
 
 
@@ -161,14 +173,17 @@ class WriterHandler:
         self.producer = producer
 
     async def assigned(self, partitions: set[TopicPartition]) -> Mapping[TopicPartition, int]:
-        async with self.conn.cursor() as cur:
-            await cur.execute(
+        # Its own connection: the rebalance listener may run while a batch's transaction is
+        # open on the writing one, and must read committed offsets only.
+        url = self.settings.db.url.get_secret_value()
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            cur = await conn.execute(
                 "SELECT topic, partition, next_offset FROM consumer_offsets "
                 "WHERE consumer_group = %s",
                 (self.group,),
             )
             rows = cast(list[tuple[str, int, int]], await cur.fetchall())
-            kept = {TopicPartition(t, p): o for t, p, o in rows}
+        kept = {TopicPartition(t, p): o for t, p, o in rows}
         return {tp: kept[tp] for tp in partitions if tp in kept}
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
@@ -200,12 +215,22 @@ class WriterHandler:
                 for reason, record in decoded.rejected
             ]
             await asyncio.gather(*sends)
-        offsets = [
-            (self.group, tp.topic, tp.partition, records[-1].offset + 1)
-            for tp, records in batch.items()
-            if records
-        ]
         async with self.conn.transaction(), self.conn.cursor() as cur:
+            for tp, records in batch.items():
+                if not records:
+                    continue
+                await cur.execute(
+                    ADVANCE_OFFSET,
+                    {
+                        "group": self.group,
+                        "topic": tp.topic,
+                        "partition": tp.partition,
+                        "first": records[0].offset,
+                        "next": records[-1].offset + 1,
+                    },
+                )
+                if cur.rowcount != 1:
+                    raise Fenced(f"{tp} was written past offset {records[0].offset}")
             if decoded.readings:
                 async with cur.copy(COPY_READINGS) as copy:
                     copy.set_types(list(READING_TYPES))
@@ -217,7 +242,6 @@ class WriterHandler:
                 # One statement per transition, in order: each must see the one before it.
                 for p in params:
                     await cur.execute(UPSERT_ALERT, p)
-            await cur.executemany(UPSERT_OFFSET, offsets)
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:

@@ -77,10 +77,10 @@ class Stack:
     api_url: str
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, command: str | None = None) -> None:
         out = (self.logs / f"{name}.log").open("ab")
         self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", name],
+            [sys.executable, "-m", "services.cli", command or name],
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,
