@@ -10,7 +10,7 @@ import logging
 import subprocess
 from pathlib import Path
 
-from services.local.processes import port_open, wait_for_port
+from services.local.processes import port_open, stop_process, wait_for_port
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,4 @@ class LocalBroker:
         log.info("broker listening on %s", self.bootstrap)
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout=timeout)

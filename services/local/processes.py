@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -33,3 +35,19 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def stop_process(
+    process: subprocess.Popen[bytes] | None, *, timeout: float, sig: int = signal.SIGTERM
+) -> bool:
+    """Ask a child to stop with ``sig``, kill it after ``timeout``; says whether it had to."""
+    if process is None or process.poll() is not None:
+        return False
+    process.send_signal(sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return True
+    return False

@@ -26,7 +26,7 @@ from services.config import Settings
 from services.db import migrate
 from services.local.broker import LocalBroker
 from services.local.postgres import LocalPostgres
-from services.local.processes import wait_for_port
+from services.local.processes import stop_process, wait_for_port
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +81,8 @@ class Service:
             )
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop in %.0fs; killing it", self.name, timeout)
-            self.process.kill()
-            self.process.wait()
+        if stop_process(self.process, timeout=timeout):
+            log.warning("%s did not stop in %.0fs; killed it", self.name, timeout)
 
 
 class _Interrupted(Exception):

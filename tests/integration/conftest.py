@@ -14,6 +14,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -65,6 +66,31 @@ def fresh_database(postgres: LocalPostgres) -> str:
     return postgres.create_database(f"t_{uuid.uuid4().hex[:12]}", template="template_city_vitals")
 
 
+def spawn(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A platform service as a real process (``city-vitals COMMAND``), output to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.cli", command],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
+
+
+@contextmanager
+def serving(command: str, env: dict[str, str], port: int, log: Path) -> Iterator[str]:
+    """Run one HTTP service until the block ends; yields its base URL."""
+    proc = spawn(command, env, log)
+    try:
+        wait_for_port("127.0.0.1", port, timeout=60, what=command, log=log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 @dataclass
 class Stack:
     """The platform's services as real processes against the shared broker and PostgreSQL."""
@@ -78,15 +104,7 @@ class Stack:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, name: str, command: str | None = None) -> None:
-        out = (self.logs / f"{name}.log").open("ab")
-        self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", command or name],
-            env=self.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=ROOT,
-        )
+        self.processes[name] = spawn(command or name, self.env, self.logs / f"{name}.log")
 
     def stop(self, name: str, *, kill: bool = False) -> None:
         proc = self.processes.pop(name)

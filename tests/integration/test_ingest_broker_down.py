@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,8 +12,8 @@ import pytest
 
 from services.local.broker import LocalBroker
 from services.local.postgres import LocalPostgres
-from services.local.processes import free_port, wait_for_port
-from tests.integration.conftest import ROOT, fresh_database, stack_env
+from services.local.processes import free_port
+from tests.integration.conftest import fresh_database, serving, stack_env
 
 pytestmark = pytest.mark.integration
 
@@ -41,18 +39,8 @@ def test_ingest_answers_503_while_the_broker_is_down_and_recovers(
         CITY_VITALS_INGEST__RETRY_AFTER_SECONDS="7",
         CITY_VITALS_KAFKA__REQUEST_TIMEOUT_MS="2000",
     )
-    log = workdir / f"ingest-{port}.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "ingest"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    try:
-        wait_for_port("127.0.0.1", port, timeout=60, what="ingest", log=log)
-        url = f"http://127.0.0.1:{port}/api/v1/readings"
+    with serving("ingest", env, port, workdir / f"ingest-{port}.log") as base:
+        url = f"{base}/api/v1/readings"
         body = [
             {
                 "device_id": "d-1",
@@ -80,6 +68,3 @@ def test_ingest_answers_503_while_the_broker_is_down_and_recovers(
                     break
             assert statuses[-1] == 202, statuses
             assert set(statuses) <= {202, 503}
-    finally:
-        proc.terminate()
-        proc.wait(30)
