@@ -150,6 +150,7 @@ def stack(broker: LocalBroker, postgres: LocalPostgres, workdir: Path) -> Iterat
         prefix,
         CITY_VITALS_INGEST__PORT=str(ingest_port),
         CITY_VITALS_API__PORT=str(api_port),
+        CITY_VITALS_INGEST__MAX_BODY_BYTES=str(1024 * 1024),
     )
     running = Stack(
         env=env,
@@ -186,6 +187,24 @@ def eventually(check: Callable[[], T], *, timeout: float = 30.0, interval: float
 def client() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=30.0) as c:
         yield c
+
+
+def produce_raw(kafka: KafkaSettings, topic: str, values: list[bytes]) -> None:
+    """Put raw bytes on a topic, as a faulty or hostile producer would."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
+        await producer.start()
+        try:
+            for value in values:
+                await producer.send_and_wait(topic, value, key=b"poison")
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
 
 
 def read_topic(

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from schemas.deadletter import DeadLetter
-from tests.integration.conftest import Stack, eventually, read_topic
+from tests.integration.conftest import Stack, eventually, produce_raw, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -221,3 +221,41 @@ def test_openapi_documents_the_endpoints(stack: Stack, client: httpx.Client) -> 
     as_array = post["requestBody"]["content"]["application/json"]["schema"]["oneOf"][0]
     assert as_array["items"]["required"] == ["device_id", "metric", "value", "unit", "ts"]
     assert {"202", "400", "413", "422", "503"} <= set(post["responses"])
+
+
+def test_poison_records_are_dead_lettered_and_the_pipeline_goes_on(
+    stack: Stack, client: httpx.Client
+) -> None:
+    marker = uuid.uuid4().hex
+    poison = [f"not json {marker}".encode(), b'{"device_id": "' + marker.encode() + b'"}']
+    produce_raw(stack.kafka, stack.kafka.topics.readings, poison)
+    produce_raw(stack.kafka, stack.kafka.topics.alerts, [f"bad alert {marker}".encode()])
+
+    def letters() -> dict[str, int]:
+        found: dict[str, int] = {}
+        values = read_topic(stack.kafka, stack.kafka.topics.dead_letter, at_least=1, timeout=2)
+        for value in values:
+            letter = DeadLetter.model_validate_json(value)
+            if marker in letter.payload:
+                found[letter.source] = found.get(letter.source, 0) + 1
+        return found
+
+    # The rules engine refuses both poisoned readings; the writer those and the bad alert.
+    assert eventually(lambda: letters() == {"rules": 2, "writer": 3} and letters())
+    # Both consumers carried on past them.
+    device = f"after-{marker[:6]}"
+    r = client.post(
+        f"{stack.ingest_url}/api/v1/readings", json=[reading(device, 70.0, datetime.now(UTC))]
+    )
+    assert r.status_code == 202
+    assert eventually(lambda: firing_alerts(client, stack, device))
+
+
+def test_oversized_bodies_are_refused_before_they_are_read_whole(
+    stack: Stack, client: httpx.Client
+) -> None:
+    now = datetime.now(UTC)
+    body = [reading(f"big-{i}", 1.0, now) for i in range(9000)]  # about 1.4 MB > 1 MiB limit
+    response = client.post(f"{stack.ingest_url}/api/v1/readings", json=body)
+    assert response.status_code == 413
+    assert "exceeds the limit of 1048576" in response.json()["detail"]
