@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,6 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from schemas.topics import Topics
 
 _DEFAULT_DB_URL = "postgresql://city_vitals@127.0.0.1:54329/city_vitals"
+# Placeholders shipped in deploy/ and docs; production must replace them.
+PLACEHOLDER_PASSWORDS = frozenset({"REPLACE-ME", "change-me"})
 
 
 class Environment(StrEnum):
@@ -122,6 +125,9 @@ class Settings(BaseSettings):
                     "CITY_VITALS_DB__URL must be set in production (the default points at the "
                     "local development database)"
                 )
+            password = urlsplit(self.db.url.get_secret_value()).password
+            if password in PLACEHOLDER_PASSWORDS:
+                raise ValueError("CITY_VITALS_DB__URL still holds a placeholder password")
             if self.kafka.bootstrap_servers == KafkaSettings().bootstrap_servers:
                 raise ValueError("CITY_VITALS_KAFKA__BOOTSTRAP_SERVERS must be set in production")
         return self

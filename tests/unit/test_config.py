@@ -23,6 +23,9 @@ def test_production_refuses_the_development_defaults(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("CITY_VITALS_ENV", "production")
     with pytest.raises(ValidationError, match="CITY_VITALS_DB__URL must be set"):
         Settings()
+    monkeypatch.setenv("CITY_VITALS_DB__URL", "postgresql://u:REPLACE-ME@tsdb:5432/city")
+    with pytest.raises(ValidationError, match="placeholder password"):
+        Settings()
     monkeypatch.setenv("CITY_VITALS_DB__URL", "postgresql://u:p@tsdb:5432/city")
     with pytest.raises(ValidationError, match="BOOTSTRAP_SERVERS must be set"):
         Settings()
