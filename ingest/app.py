@@ -19,6 +19,7 @@ from ingest.batch import MalformedBatch, parse_body, sort_items
 from schemas.base import Contract
 from schemas.deadletter import DeadLetter
 from schemas.readings import SensorReading
+from services.api.deps import SettingsDep
 from services.config import Settings
 from services.kafka import dead_letter, encode, make_producer, wait_for_broker
 
@@ -75,13 +76,7 @@ def get_gateway(request: Request) -> Gateway:
     return gateway
 
 
-def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -26,19 +26,16 @@ log = logging.getLogger(__name__)
 Batch = Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
 
 
-def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+def make_producer(kafka: KafkaSettings) -> AIOKafkaProducer:
     """A producer that waits for all in-sync replicas, idempotent where the broker allows."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": kafka.bootstrap_servers,
-        "acks": "all",
-        "enable_idempotence": kafka.enable_idempotence,
-        "linger_ms": kafka.linger_ms,
-        "request_timeout_ms": kafka.request_timeout_ms,
-        "max_batch_size": 1024 * 1024,
-        "compression_type": None,
-    }
-    options.update(overrides)
-    return AIOKafkaProducer(**options)
+    return AIOKafkaProducer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        acks="all",
+        enable_idempotence=kafka.enable_idempotence,
+        linger_ms=kafka.linger_ms,
+        request_timeout_ms=kafka.request_timeout_ms,
+        max_batch_size=1024 * 1024,
+    )
 
 
 async def ensure_topics(kafka: KafkaSettings) -> None:

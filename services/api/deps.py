@@ -1,4 +1,4 @@
-"""Dependencies injected into the API's views."""
+"""Dependencies injected into the HTTP services' views (the API's and ingest's)."""
 
 from __future__ import annotations
 
