@@ -41,7 +41,8 @@ class SensorReading(Contract):
     )
     device_id: Code
     metric: Code = Field(description="What is measured, e.g. waterlogging_depth (积水深度).")
-    value: float = Field(allow_inf_nan=False)
+    # Strict: a number, never a string or a boolean coerced into one.
+    value: float = Field(strict=True, allow_inf_nan=False)
     unit: Annotated[str, Field(min_length=1, max_length=16)]
     ts: UtcDatetime = Field(description="When the device measured it (event time, with zone).")
     location: Location = Field(default_factory=Location)

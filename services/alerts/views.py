@@ -24,7 +24,7 @@ async def list_alerts(
     indicator: Annotated[str | None, Query(max_length=128)] = None,
     scope_id: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> AlertPage:
     """Alerts, most recently changed first; filter by status, level, indicator or scope."""
     if limit > settings.api.max_page_size:

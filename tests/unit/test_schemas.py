@@ -61,6 +61,8 @@ def test_reading_id_is_derived_deterministically_when_absent() -> None:
         ({"ts": "2026-07-01T08:00:00"}, "ts"),  # no zone
         ({"value": math.nan}, "value"),
         ({"value": "deep"}, "value"),
+        ({"value": "12.5"}, "value"),
+        ({"value": True}, "value"),
         ({"device_id": "has space"}, "device_id"),
         ({"unit": ""}, "unit"),
         ({"colour": "blue"}, "colour"),  # unknown field
