@@ -6,14 +6,16 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import Field
+from pydantic.json_schema import models_json_schema
 
 from ingest.batch import MalformedBatch, parse_body, sort_items
 from schemas.base import Contract
@@ -40,6 +42,42 @@ class IngestResult(Contract):
 
 class Problem(Contract):
     detail: str
+
+
+def readings_body(max_items: int) -> dict[str, Any]:
+    """OpenAPI request body of the batch endpoint. The body is read raw (bad items are
+    dead-lettered one by one, not refused wholesale by the framework), so its schema is
+    stated here rather than derived from a parameter."""
+    items = {
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/SensorReading"},
+        "minItems": 1,
+        "maxItems": max_items,
+    }
+    envelope = {
+        "type": "object",
+        "properties": {"readings": items},
+        "required": ["readings"],
+        "additionalProperties": False,
+    }
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"oneOf": [items, envelope]}}},
+    }
+
+
+def _openapi_with_contracts(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the reading contract the raw body refers to."""
+    if app.openapi_schema is None:
+        document = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        _, defs = models_json_schema(
+            [(SensorReading, "validation")], ref_template="#/components/schemas/{model}"
+        )
+        document.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+        app.openapi_schema = document
+    return app.openapi_schema
 
 
 class BrokerUnavailable(Exception):
@@ -100,6 +138,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.openapi = lambda: _openapi_with_contracts(app)  # type: ignore[method-assign]
 
     @app.exception_handler(BrokerUnavailable)
     async def _broker_down(request: Request, exc: BrokerUnavailable) -> JSONResponse:
@@ -129,30 +168,7 @@ def create_app(settings: Settings) -> FastAPI:
             422: {"model": IngestResult, "description": "No item of the batch was valid."},
             503: {"model": Problem, "description": "The broker cannot take data; retry later."},
         },
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "oneOf": [
-                                {"type": "array", "items": SensorReading.model_json_schema()},
-                                {
-                                    "type": "object",
-                                    "properties": {
-                                        "readings": {
-                                            "type": "array",
-                                            "items": SensorReading.model_json_schema(),
-                                        }
-                                    },
-                                    "required": ["readings"],
-                                },
-                            ]
-                        }
-                    }
-                },
-            }
-        },
+        openapi_extra={"requestBody": readings_body(settings.ingest.max_batch_items)},
     )
     async def post_readings(
         request: Request, gateway: GatewayDep, settings: SettingsDep

@@ -15,8 +15,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from schemas.alerts import Level, ScopeLevel
-from schemas.base import Contract
-from schemas.readings import Code
+from schemas.base import Code, Contract
 
 
 class Domain(StrEnum):

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from schemas.base import Contract, UtcDatetime
+from schemas.base import Code, Contract, UtcDatetime
 
 
 class Level(StrEnum):
@@ -51,9 +51,9 @@ class AlertTransition(Contract):
     alert_id: uuid.UUID = Field(description="Stable for the alert's whole life, open to resolved.")
     seq: int = Field(ge=1, description="1 for the opening transition, then +1 per transition.")
     kind: TransitionKind
-    indicator: str
+    indicator: Code
     scope_level: ScopeLevel
-    scope_id: str
+    scope_id: Code
     level: Level | None = Field(description="Level after the transition; null once resolved.")
     previous_level: Level | None
     value: float

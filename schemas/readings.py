@@ -7,10 +7,7 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from schemas.base import Contract, UtcDatetime
-
-# Ids are printable codes from the city's registries: no spaces, no separators we use in keys.
-Code = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+from schemas.base import LINE_PATTERN, Code, Contract, Number, UtcDatetime
 
 # A fixed namespace makes a reading id derived from its content reproducible everywhere.
 _READING_NS = uuid.UUID("6f1d4c1e-2b8a-4b57-9a57-6e0d0c8f3a11")
@@ -24,8 +21,8 @@ def derive_reading_id(device_id: str, metric: str, ts_iso: str) -> uuid.UUID:
 class Location(Contract):
     """Where a device stands: coordinates and the city's grid → street → district hierarchy."""
 
-    lon: float | None = Field(default=None, ge=-180, le=180)
-    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: Number | None = Field(default=None, ge=-180, le=180)
+    lat: Number | None = Field(default=None, ge=-90, le=90)
     grid: Code | None = None
     street: Code | None = None
     district: Code | None = None
@@ -41,9 +38,8 @@ class SensorReading(Contract):
     )
     device_id: Code
     metric: Code = Field(description="What is measured, e.g. waterlogging_depth (积水深度).")
-    # Strict: a number, never a string or a boolean coerced into one.
-    value: float = Field(strict=True, allow_inf_nan=False)
-    unit: Annotated[str, Field(min_length=1, max_length=16)]
+    value: Number
+    unit: Annotated[str, Field(min_length=1, max_length=16, pattern=LINE_PATTERN)]
     ts: UtcDatetime = Field(description="When the device measured it (event time, with zone).")
     location: Location = Field(default_factory=Location)
 
@@ -62,9 +58,3 @@ class SensorReading(Contract):
     def key(self) -> bytes:
         """Partition key: every indicator scoped to this device lands on one partition."""
         return self.device_id.encode()
-
-
-class ReadingBatch(Contract):
-    """Envelope form of an ingest batch (a bare JSON array is accepted too)."""
-
-    readings: list[dict[str, object]] = Field(max_length=10_000)

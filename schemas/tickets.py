@@ -7,14 +7,14 @@ from typing import Annotated
 
 from pydantic import Field
 
-from schemas.base import Contract, UtcDatetime
-from schemas.readings import Code, Location
+from schemas.base import LINE_PATTERN, TEXT_PATTERN, Code, Contract, UtcDatetime
+from schemas.readings import Location
 
 
 class Caller(Contract):
     """Personal data of the citizen who called; masked for everyone who does not need it."""
 
-    name: Annotated[str, Field(max_length=64)] | None = None
+    name: Annotated[str, Field(max_length=64, pattern=LINE_PATTERN)] | None = None
     phone: Annotated[str, Field(max_length=32, pattern=r"^[0-9+\- ]+$")] | None = None
 
 
@@ -23,7 +23,7 @@ class HotlineTicket(Contract):
 
     ticket_id: uuid.UUID
     category: Code = Field(description="Service code of the 12345 category taxonomy.")
-    description: Annotated[str, Field(min_length=1, max_length=4000)]
+    description: Annotated[str, Field(min_length=1, max_length=4000, pattern=TEXT_PATTERN)]
     reported_at: UtcDatetime
     location: Location = Field(default_factory=Location)
     urgent: bool = False

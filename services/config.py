@@ -59,7 +59,6 @@ class DatabaseSettings(_Section):
 class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    max_page_size: int = Field(default=1000, ge=1)
 
 
 class IngestSettings(_Section):

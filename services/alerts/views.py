@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 
 from schemas.alerts import Level
+from schemas.base import CODE_PATTERN
 from services.alerts import service
 from services.alerts.models import AlertDetail, AlertPage, AlertStatus
-from services.api.deps import ConnDep, SettingsDep
+from services.api.deps import MAX_PAGE_SIZE, ConnDep
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
 
@@ -18,17 +19,14 @@ router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
 @router.get("", response_model=AlertPage, summary="List alerts")
 async def list_alerts(
     conn: ConnDep,
-    settings: SettingsDep,
     status: AlertStatus | None = None,
     level: Level | None = None,
-    indicator: Annotated[str | None, Query(max_length=128)] = None,
-    scope_id: Annotated[str | None, Query(max_length=128)] = None,
-    limit: Annotated[int, Query(ge=1)] = 100,
+    indicator: Annotated[str | None, Query(max_length=64, pattern=CODE_PATTERN)] = None,
+    scope_id: Annotated[str | None, Query(max_length=64, pattern=CODE_PATTERN)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> AlertPage:
     """Alerts, most recently changed first; filter by status, level, indicator or scope."""
-    if limit > settings.api.max_page_size:
-        raise HTTPException(422, f"limit must be at most {settings.api.max_page_size}")
     return await service.list_(
         conn,
         status=status,

@@ -23,5 +23,8 @@ async def get_conn(request: Request) -> AsyncIterator[AsyncConnection[tuple[obje
         yield conn
 
 
+# Every list endpoint pages at most this many items (stated in the OpenAPI document).
+MAX_PAGE_SIZE = 1000
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ConnDep = Annotated[AsyncConnection[tuple[object, ...]], Depends(get_conn)]

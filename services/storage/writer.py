@@ -205,16 +205,36 @@ class WriterHandler:
         return out
 
     async def handle(self, batch: Batch) -> None:
-        decoded = self.decode(batch)
+        try:
+            await self.write(batch)
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            # A record the contracts let through but PostgreSQL refuses must not stop the
+            # writer: find it by writing record by record, dead-letter it, keep the rest.
+            log.warning("PostgreSQL refused part of a batch (%s); writing it record by record", exc)
+            for tp, records in batch.items():
+                for record in records:
+                    try:
+                        await self.write({tp: [record]})
+                    except (psycopg.DataError, psycopg.IntegrityError) as refused:
+                        await self.dead_letter([(f"PostgreSQL refused it: {refused}", record)])
+                        await self.write({tp: [record]}, skip_rows=True)
+
+    async def dead_letter(self, rejected: list[tuple[str, ConsumerRecord[bytes, bytes]]]) -> None:
+        sends = [
+            await self.producer.send(
+                self.topics.dead_letter,
+                encode(dead_letter(SOURCE, reason, record.value or b"", record)),
+            )
+            for reason, record in rejected
+        ]
+        await asyncio.gather(*sends)
+
+    async def write(self, batch: Batch, *, skip_rows: bool = False) -> None:
+        """Write the batch's rows and its end offsets in one transaction (only the offsets
+        with ``skip_rows``). Raises ``Fenced`` if another member wrote past it."""
+        decoded = Decoded() if skip_rows else self.decode(batch)
         if decoded.rejected:
-            sends = [
-                await self.producer.send(
-                    self.topics.dead_letter,
-                    encode(dead_letter(SOURCE, reason, record.value or b"", record)),
-                )
-                for reason, record in decoded.rejected
-            ]
-            await asyncio.gather(*sends)
+            await self.dead_letter(decoded.rejected)
         async with self.conn.transaction(), self.conn.cursor() as cur:
             for tp, records in batch.items():
                 if not records:

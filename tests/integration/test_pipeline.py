@@ -219,7 +219,10 @@ def test_openapi_documents_the_endpoints(stack: Stack, client: httpx.Client) -> 
     ingest = client.get(f"{stack.ingest_url}/openapi.json").json()
     post = ingest["paths"]["/api/v1/readings"]["post"]
     as_array = post["requestBody"]["content"]["application/json"]["schema"]["oneOf"][0]
-    assert as_array["items"]["required"] == ["device_id", "metric", "value", "unit", "ts"]
+    ref = as_array["items"]["$ref"].removeprefix("#/components/schemas/")
+    contract = ingest["components"]["schemas"][ref]
+    assert contract["required"] == ["device_id", "metric", "value", "unit", "ts"]
+    assert contract["properties"]["location"]["$ref"] == "#/components/schemas/Location"
     assert {"202", "400", "413", "422", "503"} <= set(post["responses"])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -10,34 +11,37 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from pydantic import SecretStr
 
+from schemas.deadletter import DeadLetter
 from schemas.readings import SensorReading
-from services.config import DatabaseSettings, Settings, WriterSettings
-from services.kafka import Batch, Fenced, encode, make_producer
+from services.config import DatabaseSettings, KafkaSettings, Settings, WriterSettings
+from services.kafka import Batch, Fenced, encode, ensure_topics, make_producer
 from services.local.broker import LocalBroker
 from services.local.postgres import LocalPostgres
 from services.storage.writer import WriterHandler
-from tests.integration.conftest import fresh_database
+from tests.integration.conftest import fresh_database, read_topic
 
 pytestmark = pytest.mark.integration
 
 TOPIC = "city-vitals.readings.v1"
 
 
-def records(first: int, count: int, partition: int = 0) -> list[ConsumerRecord[bytes, bytes]]:
+def records(
+    first: int, count: int, partition: int = 0, topic: str = TOPIC, fixed: float | None = None
+) -> list[ConsumerRecord[bytes, bytes]]:
     t0 = datetime(2026, 7, 1, tzinfo=UTC)
     out = []
     for offset in range(first, first + count):
         reading = SensorReading(
             device_id=f"d{partition}",
             metric="aqi",
-            value=offset,
+            value=offset if fixed is None else fixed,
             unit="AQI",
             ts=t0 + timedelta(seconds=offset),
         )
         value = encode(reading)
         out.append(
             ConsumerRecord(
-                TOPIC, partition, offset, 1_782_000_000_000, 0, None, value, None, 0, len(value), ()
+                topic, partition, offset, 1_782_000_000_000, 0, None, value, None, 0, len(value), ()
             )
         )
     return out
@@ -95,3 +99,48 @@ def test_a_stale_member_is_fenced_and_writes_nothing(
             await producer.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_record_postgresql_refuses_is_dead_lettered_and_the_rest_stored(
+    broker: LocalBroker, postgres: LocalPostgres
+) -> None:
+    url = fresh_database(postgres)
+    with psycopg.connect(url, autocommit=True) as conn:
+        # Stands in for any value the contracts accept but the database will not store.
+        conn.execute("ALTER TABLE readings ADD CONSTRAINT refuse_666 CHECK (value <> 666)")
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        db=DatabaseSettings(url=SecretStr(url)),
+        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=prefix),
+        writer=WriterSettings(consumer_group="refuse-test"),
+    )
+    topic = settings.kafka.topics.readings
+    batch: Batch = {
+        TopicPartition(topic, 0): [
+            *records(0, 5, topic=topic),
+            *records(5, 1, topic=topic, fixed=666),
+            *records(6, 4, topic=topic),
+        ]
+    }
+
+    async def scenario() -> None:
+        await ensure_topics(settings.kafka)
+        producer = make_producer(settings.kafka)
+        await producer.start()
+        try:
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                writer = WriterHandler(settings, conn, producer)
+                await writer.handle(batch)
+                assert await writer.assigned(set(batch)) == {TopicPartition(topic, 0): 10}
+        finally:
+            await producer.stop()
+
+    asyncio.run(scenario())
+    assert stored(url) == (9, 9)
+    [letter] = [
+        DeadLetter.model_validate_json(v)
+        for v in read_topic(settings.kafka, settings.kafka.topics.dead_letter, at_least=1)
+    ]
+    assert letter.source == "writer"
+    assert letter.offset == 5
+    assert "refuse_666" in letter.reason

@@ -15,6 +15,7 @@ from schemas.alerts import Level
 from schemas.base import describe_errors
 from schemas.deadletter import MAX_PAYLOAD_CHARS, DeadLetter
 from schemas.readings import SensorReading
+from schemas.tickets import HotlineTicket
 from schemas.topics import Topics
 
 GOOD = {
@@ -59,12 +60,15 @@ def test_reading_id_is_derived_deterministically_when_absent() -> None:
     ("change", "field"),
     [
         ({"ts": "2026-07-01T08:00:00"}, "ts"),  # no zone
+        ({"ts": 1782000000}, "ts"),  # epoch of unknown unit
         ({"value": math.nan}, "value"),
         ({"value": "deep"}, "value"),
         ({"value": "12.5"}, "value"),
         ({"value": True}, "value"),
         ({"device_id": "has space"}, "device_id"),
         ({"unit": ""}, "unit"),
+        ({"unit": "c\x00m"}, "unit"),  # PostgreSQL cannot store NUL
+        ({"unit": "c\nm"}, "unit"),
         ({"colour": "blue"}, "colour"),  # unknown field
         ({"location": {"lon": 200}}, "location.lon"),
     ],
@@ -112,3 +116,15 @@ def test_other_zones_are_accepted() -> None:
     ts = datetime(2026, 7, 1, 8, 0, tzinfo=timezone(timedelta(hours=8)))
     reading = SensorReading(device_id="a", metric="m", value=1, unit="u", ts=ts)
     assert reading.ts.tzinfo is UTC
+
+
+def test_ticket_text_keeps_line_breaks_but_refuses_control_characters() -> None:
+    base = {
+        "ticket_id": "6f1d4c1e-2b8a-4b57-9a57-6e0d0c8f3a11",
+        "category": "drainage",
+        "reported_at": "2026-07-01T08:00:00+08:00",
+    }
+    ticket = HotlineTicket.model_validate({**base, "description": "路口积水\n约30厘米"})
+    assert ticket.description == "路口积水\n约30厘米"
+    with pytest.raises(ValidationError, match="description"):
+        HotlineTicket.model_validate({**base, "description": "积水\x00"})
