@@ -39,6 +39,8 @@ class KafkaSettings(_Section):
     request_timeout_ms: int = Field(default=10_000, ge=1000)
     linger_ms: int = Field(default=5, ge=0)
     max_batch_records: int = Field(default=5_000, ge=1, description="Records per consumer batch.")
+    # How long the broker may hold a fetch waiting for data: bounds reading-to-alert latency.
+    fetch_max_wait_ms: int = Field(default=50, ge=0)
 
     @property
     def topics(self) -> Topics:
@@ -130,3 +132,29 @@ class Settings(BaseSettings):
             if self.kafka.bootstrap_servers == KafkaSettings().bootstrap_servers:
                 raise ValueError("CITY_VITALS_KAFKA__BOOTSTRAP_SERVERS must be set in production")
         return self
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, StrEnum):
+        return value.value
+    return str(value)
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process build the same settings (the local stack
+    hands its settings to the services it starts this way)."""
+    env: dict[str, str] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, BaseModel):
+            for field in type(value).model_fields:
+                inner = getattr(value, field)
+                if inner is not None:
+                    env[f"CITY_VITALS_{name.upper()}__{field.upper()}"] = _env_value(inner)
+        elif value is not None:
+            env[f"CITY_VITALS_{name.upper()}"] = _env_value(value)
+    return env

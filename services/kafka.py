@@ -165,6 +165,7 @@ async def run_consumer(
         auto_offset_reset="earliest",
         request_timeout_ms=max(kafka.request_timeout_ms, 40_000),
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
     )
     consumer.subscribe(list(topics), listener=_Rebalance(consumer, handler))
     await consumer.start()

@@ -22,7 +22,7 @@ from types import FrameType
 import psycopg
 from pydantic import SecretStr
 
-from services.config import Settings
+from services.config import Settings, to_env
 from services.db import migrate
 from services.local.broker import LocalBroker
 from services.local.postgres import LocalPostgres
@@ -132,7 +132,8 @@ class LocalStack:
         if self.broker:
             forget_offsets_of_previous_broker(db_url)
 
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CITY_VITALS_")}
+        env.update(to_env(self.settings))
         env["CITY_VITALS_KAFKA__BOOTSTRAP_SERVERS"] = self.bootstrap
         env["CITY_VITALS_DB__URL"] = db_url
         env["PYTHONUNBUFFERED"] = "1"

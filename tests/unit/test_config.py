@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from pydantic import ValidationError
 
-from services.config import Settings
+from services.config import Settings, to_env
 
 
 def test_nested_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,3 +39,18 @@ def test_unknown_settings_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CITY_VITALS_KAFKA__BOOTSTRAP", "typo:9092")
     with pytest.raises(ValidationError, match="bootstrap"):
         Settings()
+
+
+def test_settings_survive_the_trip_through_a_child_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CITY_VITALS_DB__URL", "postgresql://u:p%40ss@db:5432/city")
+    monkeypatch.setenv("CITY_VITALS_API__PORT", "9100")
+    monkeypatch.setenv("CITY_VITALS_LOCAL__SIMULATE", "false")
+    monkeypatch.setenv("CITY_VITALS_RULES__CATALOGUE", "/etc/city/indicators.yaml")
+    original = Settings()
+    for key in [k for k in os.environ if k.startswith("CITY_VITALS_")]:
+        monkeypatch.delenv(key)
+    for key, value in to_env(original).items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == original
