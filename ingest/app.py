@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import Field
 from pydantic.json_schema import models_json_schema
 
@@ -131,7 +132,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await producer.stop()
 
-    app = FastAPI(
+    # Docs assets served by us, not a CDN: operations-centre networks are often closed.
+    app = FastAPIOffline(
         title="city-vitals ingest",
         version="1",
         summary="Readings from IoT devices and gateways onto the city's Kafka topics.",

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import psycopg
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from services.alerts.views import router as alerts_router
 from services.api.deps import ConnDep
@@ -30,7 +31,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await pool.close()
 
-    app = FastAPI(
+    # Docs assets served by us, not a CDN: operations-centre networks are often closed.
+    app = FastAPIOffline(
         title="city-vitals API",
         version="1",
         summary="The city's vital signs and alerts, for the big, mid and small screens.",

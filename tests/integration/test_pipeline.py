@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -262,3 +263,20 @@ def test_oversized_bodies_are_refused_before_they_are_read_whole(
     response = client.post(f"{stack.ingest_url}/api/v1/readings", json=body)
     assert response.status_code == 413
     assert "exceeds the limit of 1048576" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("service", ["api", "ingest"])
+def test_the_docs_pages_need_no_outside_network(
+    stack: Stack, client: httpx.Client, service: str
+) -> None:
+    base = stack.api_url if service == "api" else stack.ingest_url
+    for page in ("/docs", "/redoc"):
+        html = client.get(f"{base}{page}")
+        assert html.status_code == 200
+        assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html.text)
+        assert assets, html.text
+        assert [a for a in assets if not a.startswith("/")] == []  # nothing from a CDN
+        for asset in assets:
+            fetched = client.get(f"{base}{asset}")
+            assert fetched.status_code == 200, asset
+            assert len(fetched.content) > 1000, asset
