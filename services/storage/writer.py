@@ -214,7 +214,8 @@ class WriterHandler:
             for tp, records in batch.items():
                 for record in records:
                     try:
-                        await self.write({tp: [record]})
+                        # Undecodable records were dead-lettered by the first attempt.
+                        await self.write({tp: [record]}, letters=False)
                     except (psycopg.DataError, psycopg.IntegrityError) as refused:
                         await self.dead_letter([(f"PostgreSQL refused it: {refused}", record)])
                         await self.write({tp: [record]}, skip_rows=True)
@@ -229,11 +230,12 @@ class WriterHandler:
         ]
         await asyncio.gather(*sends)
 
-    async def write(self, batch: Batch, *, skip_rows: bool = False) -> None:
+    async def write(self, batch: Batch, *, skip_rows: bool = False, letters: bool = True) -> None:
         """Write the batch's rows and its end offsets in one transaction (only the offsets
-        with ``skip_rows``). Raises ``Fenced`` if another member wrote past it."""
+        with ``skip_rows``), dead-lettering undecodable records first unless ``letters`` is
+        off. Raises ``Fenced`` if another member wrote past it."""
         decoded = Decoded() if skip_rows else self.decode(batch)
-        if decoded.rejected:
+        if letters and decoded.rejected:
             await self.dead_letter(decoded.rejected)
         async with self.conn.transaction(), self.conn.cursor() as cur:
             for tp, records in batch.items():

@@ -115,11 +115,14 @@ def test_a_record_postgresql_refuses_is_dead_lettered_and_the_rest_stored(
         writer=WriterSettings(consumer_group="refuse-test"),
     )
     topic = settings.kafka.topics.readings
+    garbage = records(10, 1, topic=topic)[0]
+    garbage.value = b"not a reading"
     batch: Batch = {
         TopicPartition(topic, 0): [
             *records(0, 5, topic=topic),
             *records(5, 1, topic=topic, fixed=666),
             *records(6, 4, topic=topic),
+            garbage,
         ]
     }
 
@@ -131,16 +134,21 @@ def test_a_record_postgresql_refuses_is_dead_lettered_and_the_rest_stored(
             async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
                 writer = WriterHandler(settings, conn, producer)
                 await writer.handle(batch)
-                assert await writer.assigned(set(batch)) == {TopicPartition(topic, 0): 10}
+                assert await writer.assigned(set(batch)) == {TopicPartition(topic, 0): 11}
         finally:
             await producer.stop()
 
     asyncio.run(scenario())
     assert stored(url) == (9, 9)
-    [letter] = [
-        DeadLetter.model_validate_json(v)
-        for v in read_topic(settings.kafka, settings.kafka.topics.dead_letter, at_least=1)
-    ]
-    assert letter.source == "writer"
-    assert letter.offset == 5
-    assert "refuse_666" in letter.reason
+    # Each refused record dead-lettered once: the one PostgreSQL refused, the undecodable one.
+    letters = sorted(
+        (
+            DeadLetter.model_validate_json(v)
+            for v in read_topic(
+                settings.kafka, settings.kafka.topics.dead_letter, at_least=3, timeout=5
+            )
+        ),
+        key=lambda d: d.offset or 0,
+    )
+    assert [(d.source, d.offset) for d in letters] == [("writer", 5), ("writer", 10)]
+    assert "refuse_666" in letters[0].reason
