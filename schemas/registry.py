@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from schemas.alerts import AlertTransition
 from schemas.deadletter import DeadLetter
+from schemas.indicator_values import IndicatorValue
 from schemas.readings import SensorReading
 from schemas.tickets import HotlineTicket
 
@@ -19,6 +20,7 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "reading.v1": SensorReading,
     "ticket.v1": HotlineTicket,
     "alert_transition.v1": AlertTransition,
+    "indicator_value.v1": IndicatorValue,
     "deadletter.v1": DeadLetter,
 }
 

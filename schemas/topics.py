@@ -7,6 +7,7 @@ from dataclasses import dataclass
 READINGS = "readings.v1"
 TICKETS = "tickets.v1"
 ALERTS = "alerts.v1"
+INDICATOR_VALUES = "indicator-values.v1"
 DEAD_LETTER = "deadletter.v1"
 
 
@@ -29,8 +30,18 @@ class Topics:
         return f"{self.prefix}.{ALERTS}"
 
     @property
+    def indicator_values(self) -> str:
+        return f"{self.prefix}.{INDICATOR_VALUES}"
+
+    @property
     def dead_letter(self) -> str:
         return f"{self.prefix}.{DEAD_LETTER}"
 
     def all(self) -> tuple[str, ...]:
-        return (self.readings, self.tickets, self.alerts, self.dead_letter)
+        return (
+            self.readings,
+            self.tickets,
+            self.alerts,
+            self.indicator_values,
+            self.dead_letter,
+        )

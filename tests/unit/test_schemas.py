@@ -105,7 +105,13 @@ def test_dead_letter_payload_is_bounded() -> None:
 
 def test_topic_names_are_versioned_and_namespaced() -> None:
     topics = Topics(prefix="gz")
-    assert topics.all() == ("gz.readings.v1", "gz.tickets.v1", "gz.alerts.v1", "gz.deadletter.v1")
+    assert topics.all() == (
+        "gz.readings.v1",
+        "gz.tickets.v1",
+        "gz.alerts.v1",
+        "gz.indicator-values.v1",
+        "gz.deadletter.v1",
+    )
 
 
 def test_levels_rank_blue_to_red() -> None:
