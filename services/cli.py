@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import uvicorn
 from pydantic import ValidationError
 
+from schemas.base import describe_errors
 from services.config import Settings
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+
+    AsyncConn = AsyncConnection[Any]
+
+T = TypeVar("T")
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -159,6 +169,78 @@ def simulate(ctx: click.Context, rate: float | None, url: str | None, seed: int)
             target, rate=rate or settings.local.simulate_rate, stop=stop, seed=seed
         )
     )
+
+
+@main.group()
+def keys() -> None:
+    """Issue, list and revoke API keys (the first admin key is issued here)."""
+
+
+@keys.command("issue")
+@click.option("--name", required=True, help="Who or what holds the key.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    help="readings:write, tickets:write, pii:read or admin (repeatable).",
+)
+@click.option("--device", "device_id", default=None, help="Bind the key to one device.")
+@click.pass_context
+def keys_issue(
+    ctx: click.Context, name: str, scopes: tuple[str, ...], device_id: str | None
+) -> None:
+    """Issue a key and print it (shown once)."""
+    from services.auth.models import ApiKeyCreate
+    from services.auth.service import issue
+
+    try:
+        request = ApiKeyCreate.model_validate(
+            {"name": name, "scopes": list(scopes), "device_id": device_id}
+        )
+    except ValidationError as exc:
+        raise click.BadParameter(describe_errors(exc)) from exc
+    issued = _with_db(ctx, lambda conn: issue(conn, request=request, by=f"cli:{getpass.getuser()}"))
+    click.echo(f"key_id {issued.key_id} scopes {','.join(issued.scopes)}", err=True)
+    click.echo(issued.key)
+
+
+@keys.command("list")
+@click.pass_context
+def keys_list(ctx: click.Context) -> None:
+    """List keys (never their secrets)."""
+    from services.auth.service import list_
+
+    for key in _with_db(ctx, lambda conn: list_(conn)):
+        state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+        scopes = ",".join(key.scopes)
+        click.echo(f"{key.key_id}  {state:<24} {scopes:<32} {key.device_id or '-':<20} {key.name}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.pass_context
+def keys_revoke(ctx: click.Context, key_id: str) -> None:
+    """Revoke a key by its id."""
+    from services.auth.service import revoke
+
+    revoked = _with_db(ctx, lambda conn: revoke(conn, key_id=key_id, by=f"cli:{getpass.getuser()}"))
+    if revoked is None:
+        raise click.ClickException(f"no key {key_id}")
+    click.echo(f"revoked {key_id}")
+
+
+def _with_db(ctx: click.Context, work: Callable[[AsyncConn], Awaitable[T]]) -> T:
+    """Run one piece of async database work from a command."""
+    import psycopg
+
+    url = _settings(ctx).db.url.get_secret_value()
+
+    async def run() -> T:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            return await work(conn)
+
+    return asyncio.run(run())
 
 
 @main.command()

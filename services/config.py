@@ -58,6 +58,15 @@ class DatabaseSettings(_Section):
     use_timescaledb: bool = True
 
 
+class AuthSettings(_Section):
+    key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a key check is remembered; a revocation "
+        "takes effect within this time.",
+    )
+
+
 class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -113,6 +122,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     db: DatabaseSettings = DatabaseSettings()
     api: ApiSettings = ApiSettings()
+    auth: AuthSettings = AuthSettings()
     ingest: IngestSettings = IngestSettings()
     rules: RulesSettings = RulesSettings()
     writer: WriterSettings = WriterSettings()

@@ -12,6 +12,8 @@ from fastapi_offline import FastAPIOffline
 
 from services.alerts.views import router as alerts_router
 from services.api.deps import ConnDep
+from services.auth.service import KeyStore
+from services.auth.views import router as keys_router
 from services.config import Settings
 from services.db import make_pool
 from services.readings.views import router as readings_router
@@ -26,6 +28,7 @@ def create_app(settings: Settings) -> FastAPI:
         # Serve even while the database is away: requests then get 503, not a refused socket.
         await pool.open(wait=False)
         app.state.pool = pool
+        app.state.keys = KeyStore(pool, ttl=settings.auth.key_cache_seconds)
         try:
             yield
         finally:
@@ -55,4 +58,5 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(alerts_router)
     app.include_router(readings_router)
+    app.include_router(keys_router)
     return app
