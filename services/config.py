@@ -92,6 +92,22 @@ class RulesSettings(_Section):
 class WriterSettings(_Section):
     consumer_group: str = "city-vitals-writer"
     batch_wait_ms: int = Field(default=200, ge=1)
+    # Rollup refresh and retention run inside the writer (one replica at a time) on plain
+    # PostgreSQL; TimescaleDB's own job scheduler runs its policies.
+    maintenance_interval_seconds: float = Field(default=30.0, gt=0)
+
+
+class StorageSettings(_Section):
+    """How long history is kept and when it is compressed; None keeps it for ever."""
+
+    readings_retention_days: int | None = Field(default=90, ge=1)
+    indicator_values_retention_days: int | None = Field(default=400, ge=1)
+    alert_transitions_retention_days: int | None = Field(default=None, ge=1)
+    rollup_1m_retention_days: int | None = Field(default=400, ge=1)
+    # TimescaleDB only: chunks older than this are compressed (columnstore).
+    compress_after_days: int | None = Field(default=7, ge=1)
+    # Rollups are recomputed this far back on each refresh, so data this late still counts.
+    rollup_lateness_minutes: int = Field(default=60, ge=1)
 
 
 class LocalSettings(_Section):
@@ -126,6 +142,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     rules: RulesSettings = RulesSettings()
     writer: WriterSettings = WriterSettings()
+    storage: StorageSettings = StorageSettings()
     local: LocalSettings = LocalSettings()
 
     @model_validator(mode="after")

@@ -36,7 +36,10 @@ def alembic_config(url: str) -> Config:
 
 def migrate(db: DatabaseSettings, revision: str = "head") -> None:
     """Bring the schema up to ``revision`` (idempotent; safe on every start)."""
-    command.upgrade(alembic_config(db.url.get_secret_value()), revision)
+    config = alembic_config(db.url.get_secret_value())
+    # The storage migration picks TimescaleDB or plain PostgreSQL from this and the server.
+    config.attributes["use_timescaledb"] = db.use_timescaledb
+    command.upgrade(config, revision)
 
 
 def current_revision(db: DatabaseSettings) -> str | None:

@@ -105,6 +105,28 @@ class Fenced(Exception):
     meanwhile); nothing of the batch was written and it must be re-read from stored offsets."""
 
 
+class Unavailable(Exception):
+    """Where the batch's effects go (the database) cannot take them now; nothing of the
+    batch was written. The loop pauses consumption, backs off and re-reads the batch."""
+
+
+class Backoff:
+    """Bounded exponential backoff: 0.5 s, 1 s, 2 s ... up to ``cap``, reset on success."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.attempt = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.first * 2.0**self.attempt)
+        self.attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
 class BatchHandler(Protocol):
     """What a consumer does; the loop around it owns polling and committing."""
 
@@ -118,7 +140,8 @@ class BatchHandler(Protocol):
 
     async def handle(self, batch: Batch) -> None:
         """Write the batch's effects durably; return only once they are. Raise ``Fenced``
-        (having written nothing) when stored offsets show another member got there first."""
+        (having written nothing) when stored offsets show another member got there first,
+        ``Unavailable`` (having written nothing) when the effects cannot be written now."""
         ...
 
 
@@ -148,6 +171,25 @@ async def _rewind(consumer: AIOKafkaConsumer, handler: BatchHandler, batch: Batc
     log.warning("batch fenced by another group member; re-reading %d partitions", len(partitions))
 
 
+async def _wait_paused(
+    consumer: AIOKafkaConsumer, batch: Batch, delay: float, stop: asyncio.Event
+) -> None:
+    """Put the batch back, pause every partition for ``delay`` seconds while still polling
+    (so the group keeps this member and its partitions), then resume."""
+    owned = consumer.assignment()
+    for tp, records in batch.items():
+        if tp in owned and records:
+            consumer.seek(tp, records[0].offset)
+    consumer.pause(*owned)
+    try:
+        deadline = asyncio.get_running_loop().time() + delay
+        while not stop.is_set() and asyncio.get_running_loop().time() < deadline:
+            # Paused partitions yield nothing; the call keeps the poll interval honest.
+            await consumer.getmany(timeout_ms=200)
+    finally:
+        consumer.resume(*consumer.assignment())
+
+
 async def run_consumer(
     kafka: KafkaSettings,
     *,
@@ -170,6 +212,7 @@ async def run_consumer(
     consumer.subscribe(list(topics), listener=_Rebalance(consumer, handler))
     await consumer.start()
     log.info("consuming %s as group %s", list(topics), group_id)
+    backoff = Backoff()
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=poll_ms, max_records=kafka.max_batch_records)
@@ -180,6 +223,14 @@ async def run_consumer(
             except Fenced:
                 await _rewind(consumer, handler, batch)
                 continue
+            except Unavailable as exc:
+                delay = backoff.next()
+                log.warning("pausing consumption for %.1f s: %s", delay, exc)
+                await _wait_paused(consumer, batch, delay, stop)
+                continue
+            if backoff.attempt:
+                log.info("resumed consumption after %d retries", backoff.attempt)
+                backoff.reset()
             offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
             try:
                 await consumer.commit(offsets)

@@ -10,12 +10,14 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
+from rules.indicators import Catalogue
 from services.alerts.views import router as alerts_router
 from services.api.deps import ConnDep
 from services.auth.service import KeyStore
 from services.auth.views import router as keys_router
 from services.config import Settings
 from services.db import make_pool
+from services.history.views import router as history_router
 from services.readings.views import router as readings_router
 
 
@@ -42,6 +44,9 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # Indicator definitions come from the catalogue file for now; one place to change when
+    # definitions move into the database.
+    app.state.catalogue = Catalogue.from_yaml(settings.rules.catalogue)
 
     @app.exception_handler(psycopg.OperationalError)
     async def _db_down(request: object, exc: psycopg.OperationalError) -> JSONResponse:
@@ -58,5 +63,6 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(alerts_router)
     app.include_router(readings_router)
+    app.include_router(history_router)
     app.include_router(keys_router)
     return app

@@ -9,12 +9,18 @@ from fastapi import Depends, Request
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from rules.indicators import Catalogue
 from services.config import Settings
 
 
 def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def get_catalogue(request: Request) -> Catalogue:
+    catalogue: Catalogue = request.app.state.catalogue
+    return catalogue
 
 
 async def get_conn(request: Request) -> AsyncIterator[AsyncConnection[tuple[object, ...]]]:
@@ -27,4 +33,5 @@ async def get_conn(request: Request) -> AsyncIterator[AsyncConnection[tuple[obje
 MAX_PAGE_SIZE = 1000
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+CatalogueDep = Annotated[Catalogue, Depends(get_catalogue)]
 ConnDep = Annotated[AsyncConnection[tuple[object, ...]], Depends(get_conn)]

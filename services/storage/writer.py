@@ -1,14 +1,21 @@
-"""The storage writer: readings and alert transitions from Kafka into PostgreSQL, exactly once.
+"""The storage writer: readings, indicator values and alert transitions from Kafka into
+PostgreSQL, exactly once.
 
 Each batch is written in one transaction together with the Kafka offsets it ends at
 (``consumer_offsets``). After a crash the writer resumes from those stored offsets, so a
 batch whose rows committed is never written again, and one that did not commit is written
-whole. Readings go in by binary COPY; alerts are upserted by their deterministic ids.
+whole. Everything goes in by binary COPY: readings straight into their table, indicator
+values and transitions through a staging table so a value or transition re-emitted by a
+restarted rules engine (same deterministic id) is stored once. Alerts are upserted.
+
+When PostgreSQL is away the writer does not exit: it raises ``Unavailable``, and the consumer
+loop pauses, backs off and re-reads the batch once the database answers again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,17 +28,21 @@ from pydantic import ValidationError
 
 from schemas.alerts import AlertTransition
 from schemas.base import describe_errors
+from schemas.indicator_values import IndicatorValue
 from schemas.readings import SensorReading
 from services.config import Settings
 from services.kafka import (
     Batch,
     Fenced,
+    Unavailable,
     dead_letter,
     encode,
     make_producer,
     run_consumer,
     wait_for_broker,
 )
+from services.storage.layout import Layout
+from services.storage.scheduled import maintain, prepare
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +76,81 @@ READING_TYPES = (
     "float8",
     "timestamptz",
 )
-COPY_READINGS = f"COPY readings ({', '.join(READING_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
-INSERT_TRANSITION = """
-INSERT INTO alert_transitions (
-    transition_id, alert_id, seq, kind, indicator, scope_level, scope_id, level, previous_level,
-    value, threshold, occurrences, opened_at, observed_at, reading_id)
-VALUES (%(transition_id)s, %(alert_id)s, %(seq)s, %(kind)s, %(indicator)s, %(scope_level)s,
-        %(scope_id)s, %(level)s, %(previous_level)s, %(value)s, %(threshold)s, %(occurrences)s,
-        %(opened_at)s, %(observed_at)s, %(reading_id)s)
-ON CONFLICT (transition_id) DO NOTHING
+TRANSITION_COLUMNS = (
+    "transition_id",
+    "alert_id",
+    "seq",
+    "kind",
+    "indicator",
+    "scope_level",
+    "scope_id",
+    "level",
+    "previous_level",
+    "value",
+    "threshold",
+    "occurrences",
+    "opened_at",
+    "observed_at",
+    "reading_id",
+)
+TRANSITION_TYPES = (
+    "uuid",
+    "uuid",
+    "int4",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "float8",
+    "float8",
+    "int4",
+    "timestamptz",
+    "timestamptz",
+    "uuid",
+)
+VALUE_COLUMNS = (
+    "indicator",
+    "scope_level",
+    "scope_id",
+    "window_start",
+    "window_end",
+    "value",
+    "samples",
+    "level",
+    "value_id",
+)
+VALUE_TYPES = (
+    "text",
+    "text",
+    "text",
+    "timestamptz",
+    "timestamptz",
+    "float8",
+    "int4",
+    "text",
+    "uuid",
+)
+
+# Staging tables live per connection and empty themselves at commit. The unique keys of the
+# real tables (whatever the layout) make a re-emitted row a no-op.
+STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS staging_transitions
+    (LIKE alert_transitions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS staging_values
+    (LIKE indicator_values INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+"""
+MOVE_TRANSITIONS = f"""
+INSERT INTO alert_transitions ({", ".join(TRANSITION_COLUMNS)})
+SELECT {", ".join(TRANSITION_COLUMNS)} FROM staging_transitions
+ON CONFLICT DO NOTHING
+"""
+MOVE_VALUES = f"""
+INSERT INTO indicator_values ({", ".join(VALUE_COLUMNS)})
+SELECT {", ".join(VALUE_COLUMNS)} FROM staging_values
+ON CONFLICT DO NOTHING
 """
 
 # Later transitions win; a redelivered older one changes nothing.
@@ -143,13 +219,65 @@ def alert_params(t: AlertTransition) -> dict[str, object]:
     }
 
 
+def transition_row(t: AlertTransition) -> tuple[object, ...]:
+    """A transition as a row in ``TRANSITION_COLUMNS`` order."""
+    return (
+        t.transition_id,
+        t.alert_id,
+        t.seq,
+        t.kind.value,
+        t.indicator,
+        t.scope_level.value,
+        t.scope_id,
+        t.level.value if t.level else None,
+        t.previous_level.value if t.previous_level else None,
+        t.value,
+        t.threshold,
+        t.occurrences,
+        t.opened_at,
+        t.observed_at,
+        t.reading_id,
+    )
+
+
+def value_row(v: IndicatorValue) -> tuple[object, ...]:
+    """An indicator value as a row in ``VALUE_COLUMNS`` order."""
+    return (
+        v.indicator,
+        v.scope_level.value,
+        v.scope_id,
+        v.window_start,
+        v.window_end,
+        v.value,
+        v.samples,
+        v.level.value if v.level else None,
+        v.value_id,
+    )
+
+
 @dataclass
 class Decoded:
     """A batch sorted into what goes where."""
 
     readings: list[tuple[object, ...]] = field(default_factory=list)
     transitions: list[AlertTransition] = field(default_factory=list)
+    values: list[tuple[object, ...]] = field(default_factory=list)
     rejected: list[tuple[str, ConsumerRecord[bytes, bytes]]] = field(default_factory=list)
+
+
+async def copy_rows(
+    cur: psycopg.AsyncCursor[tuple[object, ...]],
+    table: str,
+    columns: tuple[str, ...],
+    types: tuple[str, ...],
+    rows: list[tuple[object, ...]],
+) -> None:
+    """Load rows with binary COPY."""
+    statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+    async with cur.copy(statement) as copy:
+        copy.set_types(list(types))
+        for row in rows:
+            await copy.write_row(row)
 
 
 def record_time(record: ConsumerRecord[bytes, bytes]) -> datetime:
@@ -163,7 +291,7 @@ class WriterHandler:
     def __init__(
         self,
         settings: Settings,
-        conn: psycopg.AsyncConnection[tuple[object, ...]],
+        conn: psycopg.AsyncConnection[tuple[object, ...]] | None,
         producer: AIOKafkaProducer,
     ) -> None:
         self.settings = settings
@@ -172,17 +300,47 @@ class WriterHandler:
         self.conn = conn
         self.producer = producer
 
+    async def connection(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
+        """The writing connection, opened again after the database went away."""
+        if self.conn is None or self.conn.closed:
+            self.conn = None
+            url = self.settings.db.url.get_secret_value()
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    url, autocommit=True, connect_timeout=5
+                )
+                await conn.execute(STAGING)
+            except psycopg.OperationalError as exc:
+                raise Unavailable(f"PostgreSQL is unavailable: {exc}") from exc
+            self.conn = conn
+            log.info("connected to PostgreSQL")
+        return self.conn
+
+    async def _lost(self, exc: psycopg.OperationalError) -> Unavailable:
+        """Forget a connection that failed; the batch is re-read once one works again."""
+        if self.conn is not None:
+            await self.conn.close()
+        self.conn = None
+        return Unavailable(f"PostgreSQL went away: {exc}")
+
     async def assigned(self, partitions: set[TopicPartition]) -> Mapping[TopicPartition, int]:
         # Its own connection: the rebalance listener may run while a batch's transaction is
         # open on the writing one, and must read committed offsets only.
         url = self.settings.db.url.get_secret_value()
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            cur = await conn.execute(
-                "SELECT topic, partition, next_offset FROM consumer_offsets "
-                "WHERE consumer_group = %s",
-                (self.group,),
-            )
-            rows = cast(list[tuple[str, int, int]], await cur.fetchall())
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                url, autocommit=True, connect_timeout=5
+            ) as conn:
+                cur = await conn.execute(
+                    "SELECT topic, partition, next_offset FROM consumer_offsets "
+                    "WHERE consumer_group = %s",
+                    (self.group,),
+                )
+                rows = cast(list[tuple[str, int, int]], await cur.fetchall())
+        except psycopg.OperationalError as exc:
+            # Resuming from Kafka's committed offsets is safe: they never run ahead of the
+            # stored ones, and the compare-and-set fences any batch already written.
+            raise Unavailable(f"cannot read stored offsets: {exc}") from exc
         kept = {TopicPartition(t, p): o for t, p, o in rows}
         return {tp: kept[tp] for tp in partitions if tp in kept}
 
@@ -200,11 +358,19 @@ class WriterHandler:
                         out.readings.append(reading_row(reading, record_time(record)))
                     elif tp.topic == self.topics.alerts:
                         out.transitions.append(AlertTransition.model_validate_json(raw))
+                    elif tp.topic == self.topics.indicator_values:
+                        out.values.append(value_row(IndicatorValue.model_validate_json(raw)))
                 except ValidationError as exc:
                     out.rejected.append((describe_errors(exc), record))
         return out
 
     async def handle(self, batch: Batch) -> None:
+        try:
+            await self._handle(batch)
+        except psycopg.OperationalError as exc:
+            raise await self._lost(exc) from exc
+
+    async def _handle(self, batch: Batch) -> None:
         try:
             await self.write(batch)
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
@@ -237,7 +403,8 @@ class WriterHandler:
         decoded = Decoded() if skip_rows else self.decode(batch)
         if letters and decoded.rejected:
             await self.dead_letter(decoded.rejected)
-        async with self.conn.transaction(), self.conn.cursor() as cur:
+        conn = await self.connection()
+        async with conn.transaction(), conn.cursor() as cur:
             for tp, records in batch.items():
                 if not records:
                     continue
@@ -254,16 +421,40 @@ class WriterHandler:
                 if cur.rowcount != 1:
                     raise Fenced(f"{tp} was written past offset {records[0].offset}")
             if decoded.readings:
-                async with cur.copy(COPY_READINGS) as copy:
-                    copy.set_types(list(READING_TYPES))
-                    for row in decoded.readings:
-                        await copy.write_row(row)
+                await copy_rows(cur, "readings", READING_COLUMNS, READING_TYPES, decoded.readings)
+            if decoded.values:
+                await copy_rows(cur, "staging_values", VALUE_COLUMNS, VALUE_TYPES, decoded.values)
+                await cur.execute(MOVE_VALUES)
             if decoded.transitions:
-                params = [alert_params(t) for t in decoded.transitions]
-                await cur.executemany(INSERT_TRANSITION, params)
+                rows = [transition_row(t) for t in decoded.transitions]
+                await copy_rows(
+                    cur, "staging_transitions", TRANSITION_COLUMNS, TRANSITION_TYPES, rows
+                )
+                await cur.execute(MOVE_TRANSITIONS)
                 # One statement per transition, in order: each must see the one before it.
-                for p in params:
-                    await cur.execute(UPSERT_ALERT, p)
+                for t in decoded.transitions:
+                    await cur.execute(UPSERT_ALERT, alert_params(t))
+
+
+async def run_maintenance(settings: Settings, stop: asyncio.Event) -> None:
+    """Keep rollups and retention up to date (plain layout), surviving database outages."""
+    url = settings.db.url.get_secret_value()
+    layout: Layout | None = None
+    while not stop.is_set():
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                url, autocommit=True, connect_timeout=5
+            ) as conn:
+                if layout is None:
+                    layout = await prepare(conn, settings.storage)
+                if layout is Layout.PLAIN:
+                    await maintain(conn, settings.storage, now=datetime.now(UTC))
+        except psycopg.OperationalError as exc:
+            log.warning("storage upkeep skipped, PostgreSQL unavailable: %s", exc)
+        if layout is Layout.TIMESCALEDB:
+            return  # TimescaleDB's own scheduler runs the policies from here on
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.writer.maintenance_interval_seconds)
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
@@ -271,17 +462,21 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     await wait_for_broker(settings.kafka)
     producer = make_producer(settings.kafka)
     await producer.start()
+    handler = WriterHandler(settings, None, producer)
+    upkeep = asyncio.create_task(run_maintenance(settings, stop))
     try:
-        async with await psycopg.AsyncConnection.connect(
-            settings.db.url.get_secret_value(), autocommit=True
-        ) as conn:
-            topics = settings.kafka.topics
-            await run_consumer(
-                settings.kafka,
-                group_id=settings.writer.consumer_group,
-                topics=[topics.readings, topics.alerts],
-                handler=WriterHandler(settings, conn, producer),
-                stop=stop,
-            )
+        topics = settings.kafka.topics
+        await run_consumer(
+            settings.kafka,
+            group_id=settings.writer.consumer_group,
+            topics=[topics.readings, topics.alerts, topics.indicator_values],
+            handler=handler,
+            stop=stop,
+        )
     finally:
+        upkeep.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await upkeep
+        if handler.conn is not None:
+            await handler.conn.close()
         await producer.stop()

@@ -40,7 +40,8 @@ def workdir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="city-vitals-test-", dir="/tmp"))
     path.chmod(0o755)
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    if not os.environ.get("CITY_VITALS_KEEP_TEST_DIR"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,222 @@
+"""Periodic storage upkeep: rollup refresh, retention, and TimescaleDB policies.
+
+On plain PostgreSQL the writer runs ``maintain`` every few seconds under an advisory lock (so
+one replica at a time does it). It does what TimescaleDB's continuous-aggregate and retention
+policies do on the other layout: recompute the recent rollup buckets (late data inside
+``rollup_lateness_minutes`` is taken in) and delete rows past their retention.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import cast
+
+import psycopg
+from psycopg import sql
+
+from services.config import StorageSettings
+from services.storage import timescale
+from services.storage.layout import Layout
+
+log = logging.getLogger(__name__)
+
+Conn = psycopg.AsyncConnection[tuple[object, ...]]
+
+# Any constant: only one writer replica refreshes rollups at a time.
+_MAINTENANCE_LOCK = 0x63697479  # "city"
+_EPOCH = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
+DELETE_CHUNK = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class Rollup:
+    name: str
+    width: timedelta
+    source: str  # raw readings, or the finer rollup it is built from
+
+
+MINUTE = Rollup("readings_1m", timedelta(minutes=1), "readings")
+HOUR = Rollup("readings_1h", timedelta(hours=1), "readings_1m")
+
+_FROM_READINGS = """
+INSERT INTO {target} (bucket, device_id, metric, grid, street, district, samples, total,
+                      min_value, max_value, last_value, last_ts)
+SELECT date_bin(%(width)s, ts, {epoch}) AS bucket, device_id, metric, grid, street, district,
+       count(*), sum(value), min(value), max(value),
+       (array_agg(value ORDER BY ts DESC))[1], max(ts)
+FROM readings
+WHERE ts >= %(start)s AND ts < %(end)s
+GROUP BY 1, device_id, metric, grid, street, district
+"""
+
+_FROM_ROLLUP = """
+INSERT INTO {target} (bucket, device_id, metric, grid, street, district, samples, total,
+                      min_value, max_value, last_value, last_ts)
+SELECT date_bin(%(width)s, bucket, {epoch}), device_id, metric, grid, street, district,
+       sum(samples), sum(total), min(min_value), max(max_value),
+       (array_agg(last_value ORDER BY last_ts DESC))[1], max(last_ts)
+FROM {source}
+WHERE bucket >= %(start)s AND bucket < %(end)s
+GROUP BY 1, device_id, metric, grid, street, district
+"""
+
+
+def floor_to(moment: datetime, width: timedelta) -> datetime:
+    """The start of the bucket of ``width`` that holds ``moment`` (buckets from 2000-01-01)."""
+    epoch = datetime(2000, 1, 1, tzinfo=moment.tzinfo)
+    return moment - (moment - epoch) % width
+
+
+def refresh_window(
+    *,
+    refreshed_to: datetime | None,
+    earliest: datetime | None,
+    now: datetime,
+    width: timedelta,
+    lateness: timedelta,
+) -> tuple[datetime, datetime] | None:
+    """Buckets to recompute: from the watermark less the lateness (or the first data) up to
+    the last complete bucket; None when there is nothing new."""
+    end = floor_to(now, width)
+    if refreshed_to is None:
+        if earliest is None:
+            return None
+        start = floor_to(earliest, width)
+    else:
+        start = floor_to(refreshed_to - lateness, width)
+    return (start, end) if start < end else None
+
+
+async def refresh(conn: Conn, rollup: Rollup, *, now: datetime, lateness: timedelta) -> int:
+    """Recompute the rollup's recent buckets in one transaction; rows written."""
+    async with conn.transaction():
+        cur = await conn.execute(
+            "SELECT refreshed_to FROM rollup_watermarks WHERE rollup = %s FOR UPDATE",
+            (rollup.name,),
+        )
+        row = await cur.fetchone()
+        refreshed_to = cast(datetime, row[0]) if row else None
+        earliest: datetime | None = None
+        if refreshed_to is None:
+            column = "ts" if rollup.source == "readings" else "bucket"
+            cur = await conn.execute(
+                sql.SQL("SELECT min({}) FROM {}").format(
+                    sql.Identifier(column), sql.Identifier(rollup.source)
+                )
+            )
+            first = await cur.fetchone()
+            earliest = cast(datetime | None, first[0]) if first else None
+        if rollup.source != "readings":
+            # Only what the finer rollup has already recomputed is final enough to roll up.
+            cur = await conn.execute(
+                "SELECT refreshed_to FROM rollup_watermarks WHERE rollup = %s", (MINUTE.name,)
+            )
+            finer = await cur.fetchone()
+            if finer is None:
+                return 0
+            now = min(now, cast(datetime, finer[0]))
+        window = refresh_window(
+            refreshed_to=refreshed_to,
+            earliest=earliest,
+            now=now,
+            width=rollup.width,
+            lateness=lateness,
+        )
+        if window is None:
+            return 0
+        start, end = window
+        params = {"start": start, "end": end, "width": rollup.width}
+        await conn.execute(
+            sql.SQL("DELETE FROM {} WHERE bucket >= %(start)s AND bucket < %(end)s").format(
+                sql.Identifier(rollup.name)
+            ),
+            params,
+        )
+        template = _FROM_READINGS if rollup.source == "readings" else _FROM_ROLLUP
+        cur = await conn.execute(
+            sql.SQL(template).format(
+                target=sql.Identifier(rollup.name),
+                source=sql.Identifier(rollup.source),
+                epoch=sql.SQL(_EPOCH),
+            ),
+            params,
+        )
+        written = cur.rowcount
+        await conn.execute(
+            "INSERT INTO rollup_watermarks (rollup, refreshed_to) VALUES (%s, %s) "
+            "ON CONFLICT (rollup) DO UPDATE SET refreshed_to = EXCLUDED.refreshed_to",
+            (rollup.name, end),
+        )
+    return written
+
+
+# (relation, time column, settings field)
+_RETAINED = (
+    ("readings", "ts", "readings_retention_days"),
+    ("indicator_values", "window_start", "indicator_values_retention_days"),
+    ("alert_transitions", "observed_at", "alert_transitions_retention_days"),
+    ("readings_1m", "bucket", "rollup_1m_retention_days"),
+)
+
+
+async def apply_retention(conn: Conn, storage: StorageSettings, *, now: datetime) -> int:
+    """Delete rows past their retention, in chunks so no transaction grows large."""
+    deleted = 0
+    for relation, column, setting in _RETAINED:
+        days = getattr(storage, setting)
+        if days is None:
+            continue
+        cutoff = now - timedelta(days=days)
+        query = sql.SQL(
+            "DELETE FROM {rel} WHERE ctid = ANY(ARRAY("
+            "SELECT ctid FROM {rel} WHERE {col} < %s LIMIT %s))"
+        ).format(rel=sql.Identifier(relation), col=sql.Identifier(column))
+        while True:
+            cur = await conn.execute(query, (cutoff, DELETE_CHUNK))
+            deleted += cur.rowcount
+            if cur.rowcount < DELETE_CHUNK:
+                break
+    return deleted
+
+
+async def maintain(conn: Conn, storage: StorageSettings, *, now: datetime) -> bool:
+    """One round of plain-layout upkeep; False when another replica holds the lock."""
+    cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (_MAINTENANCE_LOCK,))
+    got = await cur.fetchone()
+    if not got or not got[0]:
+        return False
+    try:
+        lateness = timedelta(minutes=storage.rollup_lateness_minutes)
+        minutes = await refresh(conn, MINUTE, now=now, lateness=lateness)
+        hours = await refresh(conn, HOUR, now=now, lateness=lateness + timedelta(hours=1))
+        deleted = await apply_retention(conn, storage, now=now)
+        if minutes or hours or deleted:
+            log.info(
+                "rollups refreshed (%d minute, %d hour rows); %d rows past retention deleted",
+                minutes,
+                hours,
+                deleted,
+            )
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(%s)", (_MAINTENANCE_LOCK,))
+    return True
+
+
+async def apply_policies(conn: Conn, storage: StorageSettings) -> None:
+    """Make TimescaleDB's job policies match the settings (run at writer start)."""
+    async with conn.transaction():
+        for statement in timescale.policies(storage):
+            await conn.execute(sql.SQL(statement))
+
+
+async def prepare(conn: Conn, storage: StorageSettings) -> Layout:
+    """Read the layout the schema was built with, log it, and set up its upkeep."""
+    from services.storage.layout import current
+
+    layout = await current(conn)
+    log.info("storage layout: %s", layout.value)
+    if layout is Layout.TIMESCALEDB:
+        await apply_policies(conn, storage)
+    return layout

@@ -1,0 +1,147 @@
+"""Pure parts of storage and history: rollup windows, series plans, TimescaleDB statements."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.config import StorageSettings
+from services.history.models import Aggregation, Bucket
+from services.history.service import MAX_POINTS, BadRange, bucket_value, plan_series
+from services.kafka import Backoff
+from services.storage import timescale
+from services.storage.layout import Layout, choose
+from services.storage.scheduled import floor_to, refresh_window
+
+T0 = datetime(2026, 11, 24, 10, 17, 42, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+
+
+def test_floor_to_bucket_starts() -> None:
+    assert floor_to(T0, MINUTE) == datetime(2026, 11, 24, 10, 17, tzinfo=UTC)
+    assert floor_to(T0, timedelta(hours=1)) == datetime(2026, 11, 24, 10, tzinfo=UTC)
+    assert floor_to(T0, timedelta(days=1)) == datetime(2026, 11, 24, tzinfo=UTC)
+
+
+def test_first_refresh_starts_at_the_first_data_and_stops_at_the_last_complete_bucket() -> None:
+    window = refresh_window(
+        refreshed_to=None,
+        earliest=T0 - timedelta(hours=2),
+        now=T0,
+        width=MINUTE,
+        lateness=timedelta(minutes=60),
+    )
+    assert window == (
+        datetime(2026, 11, 24, 8, 17, tzinfo=UTC),
+        datetime(2026, 11, 24, 10, 17, tzinfo=UTC),
+    )
+
+
+def test_later_refreshes_go_back_by_the_lateness() -> None:
+    mark = datetime(2026, 11, 24, 10, 10, tzinfo=UTC)
+    start, end = refresh_window(
+        refreshed_to=mark, earliest=None, now=T0, width=MINUTE, lateness=timedelta(minutes=30)
+    ) or (None, None)
+    assert (start, end) == (
+        mark - timedelta(minutes=30),
+        datetime(2026, 11, 24, 10, 17, tzinfo=UTC),
+    )
+
+
+def test_nothing_to_refresh_without_data_or_time() -> None:
+    assert (
+        refresh_window(refreshed_to=None, earliest=None, now=T0, width=MINUTE, lateness=MINUTE)
+        is None
+    )
+    assert (
+        refresh_window(
+            refreshed_to=T0, earliest=None, now=T0, width=timedelta(hours=1), lateness=timedelta(0)
+        )
+        is None
+    )
+
+
+def test_series_plans_pick_the_coarsest_rollup_that_divides_the_bucket() -> None:
+    day = T0 - timedelta(days=1)
+    assert plan_series(day, T0, Bucket.MIN_5).rollup == "readings_1m"
+    assert plan_series(day, T0, Bucket.MIN_15).rollup == "readings_1m"
+    assert plan_series(day, T0, Bucket.HOUR_1).rollup == "readings_1h"
+    assert plan_series(day, T0, Bucket.DAY_1).rollup == "readings_1h"
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "bucket", "reason"),
+    [
+        (T0, T0, Bucket.MIN_1, "must be after start"),
+        (T0, T0 - MINUTE, Bucket.MIN_1, "must be after start"),
+        (T0 - timedelta(days=401), T0, Bucket.DAY_1, "at most 400 days"),
+        (T0 - MINUTE * (MAX_POINTS + 1), T0, Bucket.MIN_1, "exceed the limit"),
+    ],
+)
+def test_bad_ranges_are_refused_with_a_reason(
+    start: datetime, end: datetime, bucket: Bucket, reason: str
+) -> None:
+    with pytest.raises(BadRange, match=reason):
+        plan_series(start, end, bucket)
+
+
+def test_bucket_values_from_partial_aggregates() -> None:
+    row: dict[str, object] = {
+        "samples": 4,
+        "total": 10.0,
+        "min_value": 1.0,
+        "max_value": 4.0,
+        "last_value": 3.0,
+    }
+    got = {agg: bucket_value(agg, row) for agg in Aggregation}
+    assert got == {
+        Aggregation.MEAN: 2.5,
+        Aggregation.MIN: 1.0,
+        Aggregation.MAX: 4.0,
+        Aggregation.SUM: 10.0,
+        Aggregation.COUNT: 4.0,
+        Aggregation.LAST: 3.0,
+    }
+
+
+def test_layout_is_timescaledb_only_when_wanted_and_available() -> None:
+    assert choose(want_timescaledb=True, available=True) is Layout.TIMESCALEDB
+    assert choose(want_timescaledb=True, available=False) is Layout.PLAIN
+    assert choose(want_timescaledb=False, available=True) is Layout.PLAIN
+
+
+def test_timescaledb_schema_makes_hypertables_and_hierarchical_aggregates() -> None:
+    text = "\n".join(timescale.SCHEMA)
+    for table, column in (
+        ("readings", "ts"),
+        ("indicator_values", "window_start"),
+        ("alert_transitions", "observed_at"),
+    ):
+        assert f"create_hypertable('{table}', by_range('{column}'" in text
+    assert "CREATE MATERIALIZED VIEW readings_1m" in text
+    assert "FROM readings_1m" in text  # the hourly rollup builds on the minute one
+    assert text.count("timescaledb.materialized_only = false") == 2
+
+
+def test_timescaledb_policies_follow_settings() -> None:
+    statements = timescale.policies(
+        StorageSettings(
+            readings_retention_days=30, compress_after_days=3, alert_transitions_retention_days=None
+        )
+    )
+    text = "\n".join(statements)
+    assert "add_retention_policy('readings', drop_after => INTERVAL '30 days')" in text
+    assert "add_compression_policy('readings', compress_after => INTERVAL '3 days')" in text
+    assert "remove_retention_policy('alert_transitions', if_exists => true)" in text
+    assert "add_retention_policy('alert_transitions'" not in text
+    assert text.count("add_continuous_aggregate_policy") == 2
+    off = "\n".join(timescale.policies(StorageSettings(compress_after_days=None)))
+    assert "add_compression_policy" not in off
+
+
+def test_backoff_doubles_up_to_a_cap_and_resets() -> None:
+    backoff = Backoff(first=0.5, cap=4.0)
+    assert [backoff.next() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    backoff.reset()
+    assert backoff.next() == 0.5
