@@ -298,22 +298,25 @@ class WriterHandler:
         self.topics = settings.kafka.topics
         self.group = settings.writer.consumer_group
         self.conn = conn
+        self.staged = False  # staging tables exist on this connection
         self.producer = producer
 
     async def connection(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
         """The writing connection, opened again after the database went away."""
-        if self.conn is None or self.conn.closed:
-            self.conn = None
-            url = self.settings.db.url.get_secret_value()
-            try:
-                conn = await psycopg.AsyncConnection.connect(
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = None
+                self.staged = False
+                url = self.settings.db.url.get_secret_value()
+                self.conn = await psycopg.AsyncConnection.connect(
                     url, autocommit=True, connect_timeout=5
                 )
-                await conn.execute(STAGING)
-            except psycopg.OperationalError as exc:
-                raise Unavailable(f"PostgreSQL is unavailable: {exc}") from exc
-            self.conn = conn
-            log.info("connected to PostgreSQL")
+                log.info("connected to PostgreSQL")
+            if not self.staged:
+                await self.conn.execute(STAGING)
+                self.staged = True
+        except psycopg.OperationalError as exc:
+            raise await self._lost(exc) from exc
         return self.conn
 
     async def _lost(self, exc: psycopg.OperationalError) -> Unavailable:

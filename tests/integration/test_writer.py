@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from pydantic import SecretStr
 
+from schemas.alerts import AlertTransition, Level, ScopeLevel, TransitionKind
 from schemas.deadletter import DeadLetter
+from schemas.indicator_values import IndicatorValue, value_id_for
 from schemas.readings import SensorReading
 from services.config import DatabaseSettings, KafkaSettings, Settings, WriterSettings
 from services.kafka import Batch, Fenced, encode, ensure_topics, make_producer
@@ -152,3 +155,101 @@ def test_a_record_postgresql_refuses_is_dead_lettered_and_the_rest_stored(
     )
     assert [(d.source, d.offset) for d in letters] == [("writer", 5), ("writer", 10)]
     assert "refuse_666" in letters[0].reason
+
+
+def test_values_and_transitions_re_emitted_under_new_offsets_are_stored_once(
+    broker: LocalBroker, postgres: LocalPostgres
+) -> None:
+    """A restarted rules engine re-emits what it had sent before its last commit: the same
+    deterministic ids at later offsets. The writer keeps one row of each."""
+    url = fresh_database(postgres)
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        db=DatabaseSettings(url=SecretStr(url)),
+        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=prefix),
+        writer=WriterSettings(consumer_group="replay-test"),
+    )
+    topics = settings.kafka.topics
+    start = datetime(2026, 7, 1, tzinfo=UTC)
+    values = [
+        IndicatorValue(
+            value_id=value_id_for(
+                "water.depth", ScopeLevel.DEVICE, "wl-1", start + timedelta(minutes=i)
+            ),
+            indicator="water.depth",
+            scope_level=ScopeLevel.DEVICE,
+            scope_id="wl-1",
+            window_start=start + timedelta(minutes=i),
+            window_end=start + timedelta(minutes=i + 1),
+            value=float(i),
+            samples=2,
+            level=Level.BLUE if i else None,
+        )
+        for i in range(3)
+    ]
+    alert = uuid.uuid4()
+    transitions = [
+        AlertTransition(
+            transition_id=uuid.uuid5(alert, str(seq)),
+            alert_id=alert,
+            seq=seq,
+            kind=kind,
+            indicator="water.depth",
+            scope_level=ScopeLevel.DEVICE,
+            scope_id="wl-1",
+            level=level,
+            previous_level=previous,
+            value=float(seq),
+            threshold=10.0,
+            occurrences=seq,
+            opened_at=start,
+            observed_at=start + timedelta(minutes=seq),
+        )
+        for seq, kind, level, previous in (
+            (1, TransitionKind.FIRING, Level.BLUE, None),
+            (2, TransitionKind.LEVEL_CHANGED, Level.RED, Level.BLUE),
+            (3, TransitionKind.RESOLVED, None, Level.RED),
+        )
+    ]
+
+    def as_records(topic: str, first: int, models: list[Any]) -> list[ConsumerRecord[bytes, bytes]]:
+        return [
+            ConsumerRecord(
+                topic, 0, first + i, 1_782_000_000_000, 0, None, encode(m), None, 0, 0, ()
+            )
+            for i, m in enumerate(models)
+        ]
+
+    vtp, atp = TopicPartition(topics.indicator_values, 0), TopicPartition(topics.alerts, 0)
+
+    async def scenario() -> None:
+        producer = make_producer(settings.kafka)
+        await producer.start()
+        try:
+            writer = WriterHandler(settings, None, producer)
+            await writer.handle(
+                {
+                    vtp: as_records(vtp.topic, 0, values[:2]),
+                    atp: as_records(atp.topic, 0, transitions[:2]),
+                }
+            )
+            # The replay: everything again, plus what is new, at later offsets.
+            await writer.handle(
+                {vtp: as_records(vtp.topic, 2, values), atp: as_records(atp.topic, 2, transitions)}
+            )
+            assert writer.conn is not None
+            await writer.conn.close()
+        finally:
+            await producer.stop()
+
+    asyncio.run(scenario())
+    with psycopg.connect(url) as conn:
+        assert conn.execute(
+            "SELECT count(*), count(DISTINCT value_id) FROM indicator_values"
+        ).fetchone() == (3, 3)
+        assert conn.execute(
+            "SELECT count(*), count(DISTINCT transition_id) FROM alert_transitions"
+        ).fetchone() == (3, 3)
+        assert conn.execute("SELECT status, peak_level, last_seq FROM alerts").fetchall() == [
+            ("resolved", "red", 3)
+        ]
