@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from schemas.alerts import AlertTransition
 from schemas.base import describe_errors
 from schemas.indicator_values import IndicatorValue
-from schemas.readings import SensorReading
+from schemas.readings import READING_RECORD, ReadingRecord, record_reading_id
 from services.config import Settings
 from services.kafka import (
     Batch,
@@ -189,21 +189,21 @@ WHERE consumer_offsets.next_offset <= %(first)s
 """
 
 
-def reading_row(reading: SensorReading, ingested_at: datetime) -> tuple[object, ...]:
-    """A reading as a row in ``READING_COLUMNS`` order."""
-    loc = reading.location
+def reading_row(record: ReadingRecord, ingested_at: datetime) -> tuple[object, ...]:
+    """A reading (validated by ``READING_RECORD``) as a row in ``READING_COLUMNS`` order."""
+    loc = record.get("location") or {}
     return (
-        reading.ts,
-        reading.reading_id,
-        reading.device_id,
-        reading.metric,
-        reading.value,
-        reading.unit,
-        loc.grid,
-        loc.street,
-        loc.district,
-        loc.lon,
-        loc.lat,
+        record["ts"],
+        record_reading_id(record),
+        record["device_id"],
+        record["metric"],
+        record["value"],
+        record["unit"],
+        loc.get("grid"),
+        loc.get("street"),
+        loc.get("district"),
+        loc.get("lon"),
+        loc.get("lat"),
         ingested_at,
     )
 
@@ -352,16 +352,24 @@ class WriterHandler:
 
     def decode(self, batch: Batch) -> Decoded:
         out = Decoded()
+        topics = self.topics
         for tp, records in batch.items():
+            if tp.topic == topics.readings:
+                # The hot path: plain values checked in pydantic-core, no model objects.
+                validate = READING_RECORD.validate_json
+                rows = out.readings
+                for record in records:
+                    try:
+                        rows.append(reading_row(validate(record.value or b""), record_time(record)))
+                    except ValidationError as exc:
+                        out.rejected.append((describe_errors(exc), record))
+                continue
             for record in records:
                 raw = record.value or b""
                 try:
-                    if tp.topic == self.topics.readings:
-                        reading = SensorReading.model_validate_json(raw)
-                        out.readings.append(reading_row(reading, record_time(record)))
-                    elif tp.topic == self.topics.alerts:
+                    if tp.topic == topics.alerts:
                         out.transitions.append(AlertTransition.model_validate_json(raw))
-                    elif tp.topic == self.topics.indicator_values:
+                    elif tp.topic == topics.indicator_values:
                         out.values.append(value_row(IndicatorValue.model_validate_json(raw)))
                 except ValidationError as exc:
                     out.rejected.append((describe_errors(exc), record))

@@ -7,6 +7,7 @@ import tempfile
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import orjson
 import pytest
 from pydantic import ValidationError
 
@@ -134,3 +135,70 @@ def test_ticket_text_keeps_line_breaks_but_refuses_control_characters() -> None:
     assert ticket.description == "路口积水\n约30厘米"
     with pytest.raises(ValidationError, match="description"):
         HotlineTicket.model_validate({**base, "description": "积水\x00"})
+
+
+_GOOD = {
+    "device_id": "wl-1",
+    "metric": "waterlogging_depth",
+    "value": 12.5,
+    "unit": "cm",
+    "ts": "2026-07-01T08:00:00+08:00",
+}
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"reading_id": "6f1d4c1e-2b8a-4b57-9a57-6e0d0c8f3a11"},
+        {"reading_id": None},
+        {"value": 3},
+        {"location": {"district": "yuexiu", "grid": "g-1", "lon": 113.2, "lat": 23.1}},
+        {"location": {}},
+        {"unit": "  cm  "},
+        {"ts": "2026-07-01T00:00:00Z"},
+        # refused by both
+        {"ts": "2026-07-01T00:00:00"},
+        {"ts": 1782000000},
+        {"value": "12"},
+        {"value": True},
+        {"device_id": "has space"},
+        {"device_id": ""},
+        {"metric": "x" * 65},
+        {"unit": "a\\u0000b"},
+        {"unit": "x" * 17},
+        {"extra": 1},
+        {"location": {"district": "yuexiu", "floor": 3}},
+        {"location": {"lon": 181.0}},
+        {"reading_id": "not-a-uuid"},
+    ],
+)
+def test_the_fast_reading_record_agrees_with_the_contract(changes: dict[str, object]) -> None:
+    """READING_RECORD (the writer's fast path) accepts exactly what SensorReading accepts and
+    yields the same values, including the derived reading id."""
+    from schemas.readings import READING_RECORD, record_reading_id
+
+    raw = orjson.dumps({**_GOOD, **changes})
+    try:
+        model = SensorReading.model_validate_json(raw)
+    except ValidationError:
+        model = None
+    try:
+        record = READING_RECORD.validate_json(raw)
+    except ValidationError:
+        record = None
+    assert (model is None) == (record is None), (model, record)
+    if model is None or record is None:
+        return
+    assert record_reading_id(record) == model.reading_id
+    assert record["ts"] == model.ts
+    assert (record["device_id"], record["metric"], record["value"], record["unit"]) == (
+        model.device_id,
+        model.metric,
+        model.value,
+        model.unit,
+    )
+    location = record.get("location") or {}
+    assert {k: v for k, v in location.items() if v is not None} == model.location.model_dump(
+        exclude_none=True
+    )
