@@ -50,13 +50,14 @@ def bodies(count: int, batch: int, tag: str) -> list[bytes]:
     return out
 
 
-def post_all(url: str, payloads: list[bytes]) -> float:
+def post_all(url: str, payloads: list[bytes], key: str = "") -> float:
     """Readings per second accepted by the endpoint at ``url``."""
     sent = 0
-    with httpx.Client(timeout=60) as client:
+    headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
+    with httpx.Client(timeout=60, headers=headers) as client:
         began = time.perf_counter()
         for body in payloads:
-            response = client.post(url, content=body, headers={"content-type": "application/json"})
+            response = client.post(url, content=body)
             if response.status_code != 202:
                 raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:300]}")
             sent += response.json()["accepted"]
@@ -108,11 +109,12 @@ def main() -> None:
         ingest = f"http://127.0.0.1:{settings.ingest.port}"
         api = f"http://127.0.0.1:{settings.api.port}"
         # Warm up: let the consumer groups form before anything is timed.
-        post_all(f"{ingest}/api/v1/readings", bodies(10, 10, "warm"))
+        key = stack.gateway_key
+        post_all(f"{ingest}/api/v1/readings", bodies(10, 10, "warm"), key)
         time.sleep(6)
 
         latencies = []
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=30, headers={"authorization": f"Bearer {key}"}) as client:
             for k in range(args.alerts):
                 device = f"latency-{k}"
                 body = [
@@ -132,7 +134,7 @@ def main() -> None:
                     time.sleep(0.005)
                 latencies.append((time.perf_counter() - start) * 1000)
         began = time.perf_counter()
-        ours = post_all(f"{ingest}/api/v1/readings", payloads)
+        ours = post_all(f"{ingest}/api/v1/readings", payloads, key)
         with psycopg.connect(db_url) as conn:
             while True:
                 row = conn.execute(

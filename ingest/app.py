@@ -9,21 +9,35 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import orjson
+import psycopg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
+from psycopg_pool import PoolTimeout
 from pydantic import Field
 from pydantic.json_schema import models_json_schema
 
-from ingest.batch import MalformedBatch, parse_body, sort_items
+from ingest.batch import (
+    Accepted,
+    MalformedBatch,
+    RecentIds,
+    parse_body,
+    parse_ndjson,
+    sort_items,
+)
 from schemas.base import Contract
 from schemas.deadletter import DeadLetter
 from schemas.readings import SensorReading
 from services.api.deps import SettingsDep
+from services.auth.deps import require
+from services.auth.models import Principal, Scope
+from services.auth.service import KeyStore
 from services.config import Settings
+from services.db import make_pool
 from services.kafka import dead_letter, encode, make_producer, wait_for_broker
 
 log = logging.getLogger(__name__)
@@ -38,6 +52,10 @@ class ItemRejection(Contract):
 
 class IngestResult(Contract):
     accepted: int = Field(description="Readings now durably on the readings topic.")
+    duplicates: int = Field(
+        default=0,
+        description="Readings whose id was already accepted (a retried batch): not sent again.",
+    )
     rejected: list[ItemRejection] = Field(description="Items refused, each with why.")
 
 
@@ -63,7 +81,11 @@ def readings_body(max_items: int) -> dict[str, Any]:
     }
     return {
         "required": True,
-        "content": {"application/json": {"schema": {"oneOf": [items, envelope]}}},
+        "content": {
+            "application/json": {"schema": {"oneOf": [items, envelope]}},
+            # One reading per line; a line that is not JSON is refused on its own.
+            "application/x-ndjson": {"schema": {"type": "string"}},
+        },
     }
 
 
@@ -92,15 +114,14 @@ class Gateway:
         self.topics = settings.kafka.topics
         self.producer = producer
         self.timeout = settings.ingest.delivery_timeout_seconds
+        self.recent = RecentIds(settings.ingest.dedupe_capacity)
+        self.partitioner = DefaultPartitioner()
 
-    async def publish(self, readings: list[SensorReading], letters: list[DeadLetter]) -> None:
+    async def publish(self, readings: list[Accepted], letters: list[DeadLetter]) -> None:
         """Hand everything to the broker and wait for its acknowledgement, or raise."""
         try:
             async with asyncio.timeout(self.timeout):
-                sends = [
-                    await self.producer.send(self.topics.readings, encode(r), key=r.key)
-                    for r in readings
-                ]
+                sends = await self._send_readings(readings) if readings else []
                 sends += [
                     await self.producer.send(self.topics.dead_letter, encode(letter))
                     for letter in letters
@@ -109,6 +130,41 @@ class Gateway:
         except (KafkaError, TimeoutError) as exc:
             raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
 
+    async def _send_readings(self, readings: list[Accepted]) -> list[asyncio.Future[Any]]:
+        """Readings in one batch per partition (far cheaper than a send per record), placed
+        by the producer's own key partitioner so a device keeps its partition."""
+        topic = self.topics.readings
+        partitions = sorted(await self.producer.partitions_for(topic))
+        by_partition: dict[int, list[Accepted]] = {}
+        for r in readings:
+            key = r.key
+            by_partition.setdefault(self.partitioner(key, partitions, partitions), []).append(r)
+        sends: list[asyncio.Future[Any]] = []
+        for partition, items in by_partition.items():
+            batch = self.producer.create_batch()
+            for r in items:
+                value = r.encode()
+                if batch.append(key=r.key, value=value, timestamp=None) is None:
+                    sends.append(await self.producer.send_batch(batch, topic, partition=partition))
+                    batch = self.producer.create_batch()
+                    batch.append(key=r.key, value=value, timestamp=None)
+            sends.append(await self.producer.send_batch(batch, topic, partition=partition))
+        return sends
+
+    async def accept(self, readings: list[Accepted], letters: list[DeadLetter]) -> list[Accepted]:
+        """Publish the readings not accepted before (and the letters); returns those sent."""
+        ids = [r.reading_id for r in readings]
+        fresh = self.recent.claim(ids)
+        new = [r for r, is_new in zip(readings, fresh, strict=True) if is_new]
+        claimed = [r.reading_id for r in new]
+        try:
+            await self.publish(new, letters)
+        except BaseException:
+            self.recent.settle(claimed, delivered=False)
+            raise
+        self.recent.settle(claimed, delivered=True)
+        return new
+
 
 def get_gateway(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
@@ -116,6 +172,7 @@ def get_gateway(request: Request) -> Gateway:
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+ReadingsWriterDep = Annotated[Principal, Depends(require(Scope.READINGS_WRITE))]
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -126,11 +183,17 @@ def create_app(settings: Settings) -> FastAPI:
         await wait_for_broker(settings.kafka)
         producer = make_producer(settings.kafka)
         await producer.start()
+        pool = make_pool(settings.db)
+        # API keys live in PostgreSQL; serve while it is away (checks then answer 503).
+        await pool.open(wait=False)
+        app.state.pool = pool
+        app.state.keys = KeyStore(pool, ttl=settings.auth.key_cache_seconds)
         app.state.gateway = Gateway(settings, producer)
         try:
             yield
         finally:
             await producer.stop()
+            await pool.close()
 
     # Docs assets served by us, not a CDN: operations-centre networks are often closed.
     app = FastAPIOffline(
@@ -154,6 +217,16 @@ def create_app(settings: Settings) -> FastAPI:
             headers={"Retry-After": str(settings.ingest.retry_after_seconds)},
         )
 
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(PoolTimeout)
+    async def _db_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable, answering 503: %s", exc)
+        return JSONResponse(
+            status_code=503,
+            content={"detail": "cannot check the API key now (database unavailable); retry later"},
+            headers={"Retry-After": str(settings.ingest.retry_after_seconds)},
+        )
+
     @app.get("/health", tags=["health"])
     async def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -166,6 +239,8 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Submit a batch of sensor readings",
         responses={
             400: {"model": Problem, "description": "The body is not a batch of readings."},
+            401: {"model": Problem, "description": "No valid API key."},
+            403: {"model": Problem, "description": "The key may not send readings."},
             413: {"model": Problem, "description": "The body is too large."},
             422: {"model": IngestResult, "description": "No item of the batch was valid."},
             503: {"model": Problem, "description": "The broker cannot take data; retry later."},
@@ -173,12 +248,16 @@ def create_app(settings: Settings) -> FastAPI:
         openapi_extra={"requestBody": readings_body(settings.ingest.max_batch_items)},
     )
     async def post_readings(
-        request: Request, gateway: GatewayDep, settings: SettingsDep
+        request: Request, gateway: GatewayDep, settings: SettingsDep, caller: ReadingsWriterDep
     ) -> JSONResponse:
         """Validate each reading; put the valid ones on Kafka and say why the others were not.
 
-        202 means every accepted reading is acknowledged by the broker. Rejected items go to
-        the dead-letter topic with their reason.
+        Needs an API key with the ``readings:write`` scope (``Authorization: Bearer <key>``);
+        a key bound to a device sends only that device's readings. The body is a JSON array,
+        ``{"readings": [...]}``, or NDJSON (``content-type: application/x-ndjson``).
+        202 means every accepted reading is acknowledged by the broker; readings whose id was
+        accepted before (a retried batch) are counted as duplicates and not sent again.
+        Rejected items go to the dead-letter topic with their reason.
         """
         limit = settings.ingest.max_body_bytes
         declared = request.headers.get("content-length")
@@ -189,20 +268,23 @@ def create_app(settings: Settings) -> FastAPI:
             body += chunk
             if len(body) > limit:
                 raise HTTPException(413, f"body exceeds the limit of {limit} bytes")
+        ndjson = request.headers.get("content-type", "").startswith("application/x-ndjson")
+        parse = parse_ndjson if ndjson else parse_body
         try:
-            items = parse_body(bytes(body), max_items=settings.ingest.max_batch_items)
+            items = parse(bytes(body), max_items=settings.ingest.max_batch_items)
         except MalformedBatch as exc:
             await gateway.publish([], [dead_letter(SOURCE, str(exc), bytes(body))])
             raise HTTPException(400, str(exc)) from exc
 
-        result = sort_items(items)
+        result = sort_items(items, only_device=caller.device_id)
         letters = [
             dead_letter(SOURCE, f"item {r.index}: {r.reason}", orjson.dumps(r.item))
             for r in result.rejected
         ]
-        await gateway.publish(result.accepted, letters)
+        sent = await gateway.accept(result.accepted, letters)
         answer = IngestResult(
-            accepted=len(result.accepted),
+            accepted=len(sent),
+            duplicates=len(result.accepted) - len(sent),
             rejected=[ItemRejection(index=r.index, reason=r.reason) for r in result.rejected],
         )
         return JSONResponse(

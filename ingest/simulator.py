@@ -112,6 +112,7 @@ async def run(
     stop: asyncio.Event,
     seed: int = 12345,
     devices: list[Device] | None = None,
+    key: str | None = None,
 ) -> int:
     """Post readings to ingest at about ``rate`` per second until stopped; returns how many
     were accepted. Retries a batch the service answered 503 to, as a well-behaved gateway."""
@@ -119,7 +120,8 @@ async def run(
     rng = random.Random(seed)
     accepted = 0
     cursor = 0
-    async with httpx.AsyncClient(base_url=ingest_url, timeout=30.0) as client:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(base_url=ingest_url, timeout=30.0, headers=headers) as client:
         while not stop.is_set():
             now = utcnow()
             count = max(1, round(rate))

@@ -20,7 +20,7 @@ def _to_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-def _no_bare_numbers(value: object) -> object:
+def no_bare_numbers(value: object) -> object:
     if isinstance(value, int | float):
         raise ValueError("expected an ISO 8601 date-time with a zone, not a number")
     return value
@@ -29,7 +29,7 @@ def _no_bare_numbers(value: object) -> object:
 # Contracts carry timezone-aware instants only: naive datetimes and bare epoch numbers are
 # refused at the boundary (a clock without a zone, or a number of unknown unit, is a data
 # error, not something to guess about).
-UtcDatetime = Annotated[AwareDatetime, BeforeValidator(_no_bare_numbers), AfterValidator(_to_utc)]
+UtcDatetime = Annotated[AwareDatetime, BeforeValidator(no_bare_numbers), AfterValidator(_to_utc)]
 
 
 # Ids are printable codes from the city's registries: no spaces, no separators we use in keys.

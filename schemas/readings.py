@@ -6,10 +6,18 @@ import uuid
 from datetime import UTC
 from typing import Annotated, NotRequired
 
-from pydantic import AwareDatetime, ConfigDict, Field, TypeAdapter, model_validator, with_config
+from pydantic import (
+    AwareDatetime,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    model_validator,
+    with_config,
+)
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
-from schemas.base import LINE_PATTERN, Code, Contract, Number, UtcDatetime
+from schemas.base import LINE_PATTERN, Code, Contract, Number, UtcDatetime, no_bare_numbers
 
 # A fixed namespace makes a reading id derived from its content reproducible everywhere.
 _READING_NS = uuid.UUID("6f1d4c1e-2b8a-4b57-9a57-6e0d0c8f3a11")
@@ -87,8 +95,8 @@ class ReadingRecord(TypedDict):
     metric: Code
     value: Number
     unit: Unit
-    # Strict: from JSON only a string with a zone, never a bare number.
-    ts: Annotated[AwareDatetime, Field(strict=True)]
+    # A string with a zone, never a bare number (as UtcDatetime; left in its own zone here).
+    ts: Annotated[AwareDatetime, BeforeValidator(no_bare_numbers)]
     location: NotRequired[LocationRecord]
 
 

@@ -157,16 +157,29 @@ def migrate_command(ctx: click.Context, revision: str) -> None:
 @click.option("--rate", type=float, default=None, help="Readings per second.")
 @click.option("--url", default=None, help="Ingest base URL (default: the configured one).")
 @click.option("--seed", type=int, default=12345, show_default=True)
+@click.option(
+    "--key-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="File holding the ingest API key (default: CITY_VITALS_LOCAL__GATEWAY_KEY).",
+)
 @click.pass_context
-def simulate(ctx: click.Context, rate: float | None, url: str | None, seed: int) -> None:
+def simulate(
+    ctx: click.Context, rate: float | None, url: str | None, seed: int, key_file: Path | None
+) -> None:
     """Feed the ingest service with a simulated city."""
     from ingest import simulator
 
     settings = _settings(ctx)
     target = url or f"http://{settings.ingest.host}:{settings.ingest.port}"
+    if key_file is not None:
+        key: str | None = key_file.read_text(encoding="utf-8").strip()
+    else:
+        secret = settings.local.gateway_key
+        key = secret.get_secret_value() if secret else None
     _run_until_signalled(
         lambda stop: simulator.run(
-            target, rate=rate or settings.local.simulate_rate, stop=stop, seed=seed
+            target, rate=rate or settings.local.simulate_rate, stop=stop, seed=seed, key=key
         )
     )
 

@@ -80,6 +80,8 @@ class IngestSettings(_Section):
     # What a caller is told to wait before retrying when the broker cannot take data.
     retry_after_seconds: int = Field(default=5, ge=1)
     delivery_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Reading ids remembered to drop a retried batch's repeats (about 100 bytes each).
+    dedupe_capacity: int = Field(default=1_000_000, ge=1)
 
 
 class RulesSettings(_Section):
@@ -121,6 +123,8 @@ class LocalSettings(_Section):
     embedded_postgres: bool = True
     simulate: bool = True
     simulate_rate: float = Field(default=20.0, gt=0, description="Readings per second.")
+    # The key the simulated city posts with; the local stack issues one at every start.
+    gateway_key: SecretStr | None = None
 
 
 class Settings(BaseSettings):

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from services.auth import keys
 from services.auth.models import ApiKeyCreate, ApiKeyRead, IssuedKey, Principal, Scope
+
+log = logging.getLogger(__name__)
 
 _COLUMNS = "key_id, name, scopes, device_id, created_at, created_by, revoked_at, revoked_by"
 
@@ -60,6 +64,24 @@ async def revoke(conn: Conn, *, key_id: str, by: str) -> ApiKeyRead | None:
     return ApiKeyRead.model_validate(row) if row else None
 
 
+def issue_sync(url: str, *, request: ApiKeyCreate, by: str, replace: bool = False) -> IssuedKey:
+    """Issue a key from synchronous code (the local stack, tests); with ``replace``, first
+    revoke the active keys of the same name (a fresh demo key per start, not a pile)."""
+    import asyncio
+
+    async def run() -> IssuedKey:
+        async with await AsyncConnection.connect(url, autocommit=True) as conn:
+            if replace:
+                await conn.execute(
+                    "UPDATE api_keys SET revoked_at = now(), revoked_by = %s "
+                    "WHERE name = %s AND revoked_at IS NULL",
+                    (by, request.name),
+                )
+            return await issue(conn, request=request, by=by)
+
+    return asyncio.run(run())
+
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
     stored_hash: bytes | None  # None: no such key, or revoked
@@ -85,7 +107,14 @@ class KeyStore:
         now = time.monotonic()
         entry = self._cache.get(parsed.key_id)
         if entry is None or entry.expires <= now:
-            entry = await self._load(parsed.key_id, now)
+            try:
+                entry = await self._load(parsed.key_id, now)
+            except (psycopg.OperationalError, PoolTimeout):
+                # The database is away: a key checked before keeps working meanwhile, so a
+                # short outage does not stop devices; an unknown one cannot be checked.
+                if entry is None:
+                    raise
+                log.warning("key store unavailable; using the last answer for %s", parsed.key_id)
         if entry.stored_hash is None or not keys.matches(parsed.secret, entry.stored_hash):
             return None
         return entry.principal

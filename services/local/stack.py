@@ -58,6 +58,28 @@ def forget_offsets_of_previous_broker(db_url: str) -> None:
         log.info("local broker starts empty: forgot %d stored partition offsets", forgotten)
 
 
+LOCAL_KEY_NAME = "local gateway (city-vitals local)"
+
+
+def issue_local_key(db_url: str, data_dir: Path) -> str:
+    """A gateway key for the simulated city and for trying ingest by hand, issued anew at
+    every start (the previous one is revoked) and kept in DATA_DIR/gateway.key (mode 0600)."""
+    from services.auth.models import ApiKeyCreate, Scope
+    from services.auth.service import issue_sync
+
+    issued = issue_sync(
+        db_url,
+        request=ApiKeyCreate(name=LOCAL_KEY_NAME, scopes=[Scope.READINGS_WRITE]),
+        by="local-stack",
+        replace=True,
+    )
+    path = data_dir / "gateway.key"
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(issued.key + "\n", encoding="utf-8")
+    return issued.key
+
+
 @dataclass
 class Service:
     """One supervised platform process."""
@@ -113,6 +135,7 @@ class LocalStack:
             else None
         )
         self.services: list[Service] = []
+        self.gateway_key = ""
 
     @property
     def bootstrap(self) -> str:
@@ -132,8 +155,10 @@ class LocalStack:
         if self.broker:
             forget_offsets_of_previous_broker(db_url)
 
+        self.gateway_key = issue_local_key(db_url, self.data_dir)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CITY_VITALS_")}
         env.update(to_env(self.settings))
+        env["CITY_VITALS_LOCAL__GATEWAY_KEY"] = self.gateway_key
         env["CITY_VITALS_KAFKA__BOOTSTRAP_SERVERS"] = self.bootstrap
         env["CITY_VITALS_DB__URL"] = db_url
         env["PYTHONUNBUFFERED"] = "1"
@@ -205,6 +230,7 @@ def run(settings: Settings, *, data_dir: Path | None, fresh: bool, simulate: boo
             f"  API            http://{api.host}:{api.port}/docs\n"
             f"  alerts         http://{api.host}:{api.port}/api/v1/alerts?status=firing\n"
             f"  ingest         http://{ingest.host}:{ingest.port}/api/v1/readings  (POST)\n"
+            f"  ingest key     {stack.data_dir / 'gateway.key'}  (readings:write)\n"
             f"  Kafka          {stack.bootstrap}{'' if stack.broker else ' (external)'}\n"
             f"  PostgreSQL     {redact(db_url)}{'' if stack.postgres else ' (external)'}\n"
             f"  logs           {stack.logs}\n"

@@ -67,6 +67,17 @@ def fresh_database(postgres: LocalPostgres) -> str:
     return postgres.create_database(f"t_{uuid.uuid4().hex[:12]}", template="template_city_vitals")
 
 
+def issue_key(db_url: str, *scopes: str, device: str | None = None) -> str:
+    """A real API key in the given database."""
+    from services.auth.models import ApiKeyCreate
+    from services.auth.service import issue_sync
+
+    request = ApiKeyCreate.model_validate(
+        {"name": f"test {uuid.uuid4().hex[:6]}", "scopes": list(scopes), "device_id": device}
+    )
+    return issue_sync(db_url, request=request, by="tests").key
+
+
 def spawn(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """A platform service as a real process (``city-vitals COMMAND``), output to ``log``."""
     with log.open("ab") as out:
@@ -102,6 +113,7 @@ class Stack:
     db_url: str
     ingest_url: str
     api_url: str
+    key: str  # readings:write, for posting to ingest
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, name: str, command: str | None = None) -> None:
@@ -160,6 +172,7 @@ def stack(broker: LocalBroker, postgres: LocalPostgres, workdir: Path) -> Iterat
         db_url=db_url,
         ingest_url=f"http://127.0.0.1:{ingest_port}",
         api_url=f"http://127.0.0.1:{api_port}",
+        key=issue_key(db_url, "readings:write"),
     )
     for name in ("ingest", "rules", "writer", "api"):
         running.start(name)

@@ -13,7 +13,7 @@ import pytest
 from services.local.broker import LocalBroker
 from services.local.postgres import LocalPostgres
 from services.local.processes import free_port
-from tests.integration.conftest import fresh_database, serving, stack_env
+from tests.integration.conftest import fresh_database, issue_key, serving, stack_env
 
 pytestmark = pytest.mark.integration
 
@@ -30,9 +30,11 @@ def test_ingest_answers_503_while_the_broker_is_down_and_recovers(
     own_broker: LocalBroker, postgres: LocalPostgres, workdir: Path
 ) -> None:
     port = free_port()
+    db_url = fresh_database(postgres)
+    headers = {"Authorization": f"Bearer {issue_key(db_url, 'readings:write')}"}
     env = stack_env(
         own_broker.bootstrap,
-        fresh_database(postgres),
+        db_url,
         f"t{uuid.uuid4().hex[:8]}",
         CITY_VITALS_INGEST__PORT=str(port),
         CITY_VITALS_INGEST__DELIVERY_TIMEOUT_SECONDS="3",
@@ -41,20 +43,24 @@ def test_ingest_answers_503_while_the_broker_is_down_and_recovers(
     )
     with serving("ingest", env, port, workdir / f"ingest-{port}.log") as base:
         url = f"{base}/api/v1/readings"
-        body = [
-            {
-                "device_id": "d-1",
-                "metric": "aqi",
-                "value": 80,
-                "unit": "AQI",
-                "ts": datetime.now(UTC).isoformat(),
-            }
-        ]
-        with httpx.Client(timeout=30) as client:
-            assert client.post(url, json=body).status_code == 202
+
+        def body() -> list[dict[str, object]]:
+            # A new reading each time: a repeat would be recognised as a retry.
+            return [
+                {
+                    "device_id": "d-1",
+                    "metric": "aqi",
+                    "value": 80,
+                    "unit": "AQI",
+                    "ts": datetime.now(UTC).isoformat(),
+                }
+            ]
+
+        with httpx.Client(timeout=30, headers=headers) as client:
+            assert client.post(url, json=body()).status_code == 202
 
             own_broker.stop()
-            down = client.post(url, json=body)
+            down = client.post(url, json=body())
             assert down.status_code == 503, down.text
             assert down.headers["Retry-After"] == "7"
             assert "nothing from this request was accepted" in down.json()["detail"]
@@ -63,7 +69,7 @@ def test_ingest_answers_503_while_the_broker_is_down_and_recovers(
             # The producer reconnects by itself; a retry after the advised wait goes through.
             statuses = []
             for _ in range(20):
-                statuses.append(client.post(url, json=body).status_code)
+                statuses.append(client.post(url, json=body()).status_code)
                 if statuses[-1] == 202:
                     break
             assert statuses[-1] == 202, statuses

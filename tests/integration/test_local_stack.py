@@ -78,7 +78,11 @@ class Local:
         return text
 
     def post(self, client: httpx.Client, body: list[dict[str, object]]) -> None:
-        response = client.post(f"{self.ingest}/api/v1/readings", json=body)
+        # The stack issues a gateway key at every start and keeps it in its data directory.
+        key = (self.data_dir / "gateway.key").read_text(encoding="utf-8").strip()
+        response = client.post(
+            f"{self.ingest}/api/v1/readings", json=body, headers={"X-API-Key": key}
+        )
         assert response.status_code == 202, response.text
 
     def alerts(self, client: httpx.Client, device: str) -> list[dict[str, object]]:

@@ -5,15 +5,24 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import orjson
 import pytest
 
 from schemas.deadletter import DeadLetter
-from tests.integration.conftest import Stack, eventually, produce_raw, read_topic
+from tests.integration.conftest import Stack, eventually, issue_key, produce_raw, read_topic
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    """A gateway's client: every request carries the stack's readings:write key."""
+    with httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {stack.key}"}) as c:
+        yield c
 
 
 def reading(
@@ -45,7 +54,7 @@ def test_breaching_reading_becomes_an_alert_served_by_the_api(
         json=[reading(device, 3.0, now), reading(device, 35.0, now + timedelta(seconds=1))],
     )
     assert response.status_code == 202, response.text
-    assert response.json() == {"accepted": 2, "rejected": []}
+    assert response.json() == {"accepted": 2, "duplicates": 0, "rejected": []}
 
     alerts = eventually(lambda: firing_alerts(client, stack, device))
     assert isinstance(alerts, list)
@@ -280,3 +289,72 @@ def test_the_docs_pages_need_no_outside_network(
             fetched = client.get(f"{base}{asset}")
             assert fetched.status_code == 200, asset
             assert len(fetched.content) > 1000, asset
+
+
+def test_ingest_needs_a_key_with_the_readings_scope(stack: Stack) -> None:
+    body = [reading("wl-auth", 1.0, datetime.now(UTC))]
+    url = f"{stack.ingest_url}/api/v1/readings"
+    with httpx.Client(timeout=30.0) as anonymous:
+        refused = anonymous.post(url, json=body)
+        assert refused.status_code == 401
+        assert "API key is required" in refused.json()["detail"]
+        forged = anonymous.post(
+            url, json=body, headers={"X-API-Key": "cv_0123456789ab_" + "x" * 43}
+        )
+        assert forged.status_code == 401
+        hotline = issue_key(stack.db_url, "tickets:write")
+        wrong_scope = anonymous.post(url, json=body, headers={"X-API-Key": hotline})
+        assert wrong_scope.status_code == 403
+        assert "readings:write" in wrong_scope.json()["detail"]
+
+
+def test_a_device_key_sends_only_its_own_readings(stack: Stack) -> None:
+    device = f"wl-{uuid.uuid4().hex[:6]}"
+    key = issue_key(stack.db_url, "readings:write", device=device)
+    now = datetime.now(UTC)
+    with httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {key}"}) as own:
+        answer = own.post(
+            f"{stack.ingest_url}/api/v1/readings",
+            json=[reading(device, 1.0, now), reading("someone-else", 1.0, now)],
+        ).json()
+    assert answer["accepted"] == 1
+    assert [r["index"] for r in answer["rejected"]] == [1]
+    assert f"only send readings of device '{device}'" in answer["rejected"][0]["reason"]
+
+
+def test_a_retried_batch_is_not_counted_twice(stack: Stack, client: httpx.Client) -> None:
+    device = f"wl-{uuid.uuid4().hex[:6]}"
+    now = datetime.now(UTC)
+    body = [reading(device, float(i), now + timedelta(seconds=i)) for i in range(5)]
+    url = f"{stack.ingest_url}/api/v1/readings"
+    first = client.post(url, json=body).json()
+    assert (first["accepted"], first["duplicates"]) == (5, 0)
+    # The gateway never saw the answer and sends the batch again, with one new reading.
+    again = client.post(url, json=[*body, reading(device, 9.0, now + timedelta(seconds=9))])
+    assert again.status_code == 202
+    assert (again.json()["accepted"], again.json()["duplicates"]) == (1, 5)
+
+    def stored() -> int:
+        rows = stack.query("SELECT count(*) FROM readings WHERE device_id = %s", device)
+        return int(str(rows[0][0]))
+
+    eventually(lambda: stored() >= 6)
+    time.sleep(1.0)  # anything extra would have arrived by now
+    assert stored() == 6
+
+
+def test_ndjson_bodies_are_accepted_line_by_line(stack: Stack, client: httpx.Client) -> None:
+    device = f"wl-{uuid.uuid4().hex[:6]}"
+    now = datetime.now(UTC)
+    lines = [orjson.dumps(reading(device, 2.0, now + timedelta(seconds=i))) for i in range(3)]
+    body = b"\n".join([lines[0], b"{broken", lines[1], lines[2]]) + b"\n"
+    response = client.post(
+        f"{stack.ingest_url}/api/v1/readings",
+        content=body,
+        headers={"content-type": "application/x-ndjson"},
+    )
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    assert answer["accepted"] == 3
+    assert answer["rejected"][0]["index"] == 1
+    assert "not valid JSON" in answer["rejected"][0]["reason"]

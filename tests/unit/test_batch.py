@@ -1,10 +1,15 @@
-"""Ingest batch parsing and per-item validation (pure)."""
+"""Ingest batch parsing, per-item validation and retry de-duplication (pure)."""
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+
+import orjson
 import pytest
 
-from ingest.batch import MalformedBatch, parse_body, sort_items
+from ingest.batch import MalformedBatch, RecentIds, parse_body, parse_ndjson, sort_items
+from schemas.readings import SensorReading
 
 ITEM = {"device_id": "d", "metric": "aqi", "value": 1, "unit": "AQI", "ts": "2026-07-01T00:00:00Z"}
 
@@ -28,11 +33,24 @@ def test_malformed_bodies_are_refused_with_a_reason(body: bytes, words: str) -> 
 def test_batch_size_is_bounded() -> None:
     with pytest.raises(MalformedBatch, match="exceeds the limit of 2"):
         parse_body(b"[1, 2, 3]", max_items=2)
+    with pytest.raises(MalformedBatch, match="exceeds the limit of 2"):
+        parse_ndjson(b"1\n2\n3\n", max_items=2)
 
 
 def test_both_body_forms_are_read() -> None:
     assert parse_body(b'[{"a": 1}]', max_items=10) == [{"a": 1}]
     assert parse_body(b'{"readings": [{"a": 1}]}', max_items=10) == [{"a": 1}]
+
+
+def test_ndjson_lines_are_items_and_a_bad_line_is_refused_alone() -> None:
+    body = orjson.dumps(ITEM) + b"\n\n{oops\n" + orjson.dumps({**ITEM, "device_id": "e"}) + b"\n"
+    result = sort_items(parse_ndjson(body, max_items=10))
+    assert [r.device_id for r in result.accepted] == ["d", "e"]
+    assert [(r.index, r.reason.split(":")[0]) for r in result.rejected] == [
+        (1, "line is not valid JSON")
+    ]
+    with pytest.raises(MalformedBatch, match="empty body"):
+        parse_ndjson(b"\n \n", max_items=10)
 
 
 def test_items_are_sorted_one_by_one() -> None:
@@ -42,3 +60,42 @@ def test_items_are_sorted_one_by_one() -> None:
         (1, "expected an object, got int"),
         (2, "value"),
     ]
+
+
+def test_accepted_readings_are_normalised_like_the_contract() -> None:
+    item = {**ITEM, "ts": "2026-07-01T08:00:00+08:00", "location": {"district": "yuexiu"}}
+    [accepted] = sort_items([item]).accepted
+    model = SensorReading.model_validate(item)
+    assert accepted.reading_id == model.reading_id
+    assert accepted.key == model.key
+    assert SensorReading.model_validate_json(accepted.encode()) == model
+    assert b'"ts":"2026-07-01T00:00:00Z"' in accepted.encode()
+
+
+def test_a_device_key_sends_only_its_own_readings() -> None:
+    result = sort_items([ITEM, {**ITEM, "device_id": "other"}], only_device="d")
+    assert [r.device_id for r in result.accepted] == ["d"]
+    assert result.rejected[0].index == 1
+    assert "may only send readings of device 'd'" in result.rejected[0].reason
+
+
+def test_recent_ids_drop_repeats_and_release_failed_hand_offs() -> None:
+    recent = RecentIds(capacity=3)
+    a, b, c, d = (uuid.uuid4() for _ in range(4))
+    assert recent.claim([a, b]) == [True, True]
+    assert recent.claim([a]) == [False]  # in flight: a concurrent retry does not resend it
+    recent.settle([a, b], delivered=False)  # the broker failed: the client's retry must pass
+    assert recent.claim([a, b]) == [True, True]
+    recent.settle([a, b], delivered=True)
+    assert recent.claim([a, b, c]) == [False, False, True]
+    recent.settle([c], delivered=True)
+    assert recent.claim([d]) == [True]
+    recent.settle([d], delivered=True)
+    assert len(recent) == 3  # bounded: the oldest (a) is forgotten
+    assert recent.claim([a, d]) == [True, False]
+
+
+def test_sorting_is_deterministic_in_ids() -> None:
+    ts = datetime(2026, 7, 1, tzinfo=UTC).isoformat()
+    first = sort_items([{**ITEM, "ts": ts}]).accepted[0].reading_id
+    assert sort_items([{**ITEM, "ts": ts}]).accepted[0].reading_id == first
