@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,9 +9,6 @@ from typing import Annotated, Any
 
 import orjson
 import psycopg
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
@@ -21,16 +17,9 @@ from psycopg_pool import PoolTimeout
 from pydantic import Field
 from pydantic.json_schema import models_json_schema
 
-from ingest.batch import (
-    Accepted,
-    MalformedBatch,
-    RecentIds,
-    parse_body,
-    parse_ndjson,
-    sort_items,
-)
+from ingest.batch import MalformedBatch, parse_body, parse_ndjson, sort_items
+from ingest.gateway import BrokerUnavailable, Gateway
 from schemas.base import Contract
-from schemas.deadletter import DeadLetter
 from schemas.readings import SensorReading
 from services.api.deps import SettingsDep
 from services.auth.deps import require
@@ -38,7 +27,8 @@ from services.auth.models import Principal, Scope
 from services.auth.service import KeyStore
 from services.config import Settings
 from services.db import make_pool
-from services.kafka import dead_letter, encode, make_producer, wait_for_broker
+from services.deadletters.views import router as dead_letters_router
+from services.kafka import dead_letter, make_producer, wait_for_broker
 
 log = logging.getLogger(__name__)
 
@@ -101,69 +91,6 @@ def _openapi_with_contracts(app: FastAPI) -> dict[str, Any]:
         document.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
         app.openapi_schema = document
     return app.openapi_schema
-
-
-class BrokerUnavailable(Exception):
-    """The broker did not acknowledge the data in time; nothing may be reported as accepted."""
-
-
-class Gateway:
-    """The ingest service's hand-off to Kafka."""
-
-    def __init__(self, settings: Settings, producer: AIOKafkaProducer) -> None:
-        self.topics = settings.kafka.topics
-        self.producer = producer
-        self.timeout = settings.ingest.delivery_timeout_seconds
-        self.recent = RecentIds(settings.ingest.dedupe_capacity)
-        self.partitioner = DefaultPartitioner()
-
-    async def publish(self, readings: list[Accepted], letters: list[DeadLetter]) -> None:
-        """Hand everything to the broker and wait for its acknowledgement, or raise."""
-        try:
-            async with asyncio.timeout(self.timeout):
-                sends = await self._send_readings(readings) if readings else []
-                sends += [
-                    await self.producer.send(self.topics.dead_letter, encode(letter))
-                    for letter in letters
-                ]
-                await asyncio.gather(*sends)
-        except (KafkaError, TimeoutError) as exc:
-            raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
-
-    async def _send_readings(self, readings: list[Accepted]) -> list[asyncio.Future[Any]]:
-        """Readings in one batch per partition (far cheaper than a send per record), placed
-        by the producer's own key partitioner so a device keeps its partition."""
-        topic = self.topics.readings
-        partitions = sorted(await self.producer.partitions_for(topic))
-        by_partition: dict[int, list[Accepted]] = {}
-        for r in readings:
-            key = r.key
-            by_partition.setdefault(self.partitioner(key, partitions, partitions), []).append(r)
-        sends: list[asyncio.Future[Any]] = []
-        for partition, items in by_partition.items():
-            batch = self.producer.create_batch()
-            for r in items:
-                value = r.encode()
-                if batch.append(key=r.key, value=value, timestamp=None) is None:
-                    sends.append(await self.producer.send_batch(batch, topic, partition=partition))
-                    batch = self.producer.create_batch()
-                    batch.append(key=r.key, value=value, timestamp=None)
-            sends.append(await self.producer.send_batch(batch, topic, partition=partition))
-        return sends
-
-    async def accept(self, readings: list[Accepted], letters: list[DeadLetter]) -> list[Accepted]:
-        """Publish the readings not accepted before (and the letters); returns those sent."""
-        ids = [r.reading_id for r in readings]
-        fresh = self.recent.claim(ids)
-        new = [r for r, is_new in zip(readings, fresh, strict=True) if is_new]
-        claimed = [r.reading_id for r in new]
-        try:
-            await self.publish(new, letters)
-        except BaseException:
-            self.recent.settle(claimed, delivered=False)
-            raise
-        self.recent.settle(claimed, delivered=True)
-        return new
 
 
 def get_gateway(request: Request) -> Gateway:
@@ -292,4 +219,5 @@ def create_app(settings: Settings) -> FastAPI:
             content=answer.model_dump(mode="json"),
         )
 
+    app.include_router(dead_letters_router)
     return app

@@ -243,6 +243,76 @@ def keys_revoke(ctx: click.Context, key_id: str) -> None:
     click.echo(f"revoked {key_id}")
 
 
+@main.group()
+def deadletters() -> None:
+    """List refused records and replay them once the cause is fixed."""
+
+
+@deadletters.command("list")
+@click.option("--source", default=None, help="Only letters from this source.")
+@click.option("--pending", is_flag=True, help="Only letters not replayed yet.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.pass_context
+def deadletters_list(ctx: click.Context, source: str | None, pending: bool, limit: int) -> None:
+    """Newest dead letters first: id, time, source, reason."""
+    from services.deadletters.service import list_
+
+    page = _with_db(
+        ctx,
+        lambda conn: list_(
+            conn,
+            source=source,
+            since=None,
+            replayed=False if pending else None,
+            limit=limit,
+            offset=0,
+        ),
+    )
+    for letter in page.items:
+        state = "replayed" if letter.replayed_at else "pending"
+        click.echo(
+            f"{letter.letter_id:>8}  {letter.received_at:%Y-%m-%d %H:%M:%S}  {state:<8}  "
+            f"{letter.source:<22} {letter.reason[:100]}"
+        )
+    click.echo(f"{len(page.items)} of {page.total}", err=True)
+
+
+@deadletters.command("replay")
+@click.argument("letter_ids", nargs=-1, type=int, required=True)
+@click.pass_context
+def deadletters_replay(ctx: click.Context, letter_ids: tuple[int, ...]) -> None:
+    """Replay letters by id: what passes today's checks goes onto its topic."""
+    from ingest.gateway import Gateway
+    from services.deadletters.flows import replay
+    from services.kafka import make_producer, wait_for_broker
+
+    settings = _settings(ctx)
+
+    async def run(conn: AsyncConn) -> object:
+        await wait_for_broker(settings.kafka, patience=10)
+        producer = make_producer(settings.kafka)
+        await producer.start()
+        try:
+            return await replay(
+                conn,
+                Gateway(settings, producer),
+                letter_ids=list(letter_ids),
+                by=f"cli:{getpass.getuser()}",
+            )
+        finally:
+            await producer.stop()
+
+    from services.deadletters.models import ReplayResult
+
+    result = _with_db(ctx, run)
+    assert isinstance(result, ReplayResult)
+    for item in result.items:
+        click.echo(f"{item.letter_id:>8}  {'replayed' if item.replayed else 'not replayed'}: "
+                   f"{item.outcome}")  # fmt: skip
+    if not all(item.replayed for item in result.items):
+        sys.exit(1)
+
+
 def _with_db(ctx: click.Context, work: Callable[[AsyncConn], Awaitable[T]]) -> T:
     """Run one piece of async database work from a command."""
     import psycopg

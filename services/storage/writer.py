@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from schemas.alerts import AlertTransition
 from schemas.base import describe_errors
+from schemas.deadletter import DeadLetter
 from schemas.indicator_values import IndicatorValue
 from schemas.readings import READING_RECORD, ReadingRecord, record_reading_id
 from services.config import Settings
@@ -111,6 +112,18 @@ TRANSITION_TYPES = (
     "timestamptz",
     "uuid",
 )
+LETTER_COLUMNS = (
+    "source",
+    "reason",
+    "payload",
+    "truncated",
+    "received_at",
+    "topic",
+    "partition",
+    '"offset"',
+)
+LETTER_TYPES = ("text", "text", "text", "bool", "timestamptz", "text", "int4", "int8")
+
 VALUE_COLUMNS = (
     "indicator",
     "scope_level",
@@ -255,6 +268,25 @@ def value_row(v: IndicatorValue) -> tuple[object, ...]:
     )
 
 
+def _storable(text: str) -> str:
+    # PostgreSQL text cannot hold NUL, and hostile payloads may carry it.
+    return text.replace("\x00", "\ufffd")
+
+
+def letter_row(letter: DeadLetter) -> tuple[object, ...]:
+    """A dead letter as a row in ``LETTER_COLUMNS`` order."""
+    return (
+        _storable(letter.source),
+        _storable(letter.reason),
+        _storable(letter.payload),
+        letter.truncated,
+        letter.received_at,
+        letter.topic,
+        letter.partition,
+        letter.offset,
+    )
+
+
 @dataclass
 class Decoded:
     """A batch sorted into what goes where."""
@@ -262,6 +294,7 @@ class Decoded:
     readings: list[tuple[object, ...]] = field(default_factory=list)
     transitions: list[AlertTransition] = field(default_factory=list)
     values: list[tuple[object, ...]] = field(default_factory=list)
+    letters: list[tuple[object, ...]] = field(default_factory=list)
     rejected: list[tuple[str, ConsumerRecord[bytes, bytes]]] = field(default_factory=list)
 
 
@@ -364,6 +397,10 @@ class WriterHandler:
                     except ValidationError as exc:
                         out.rejected.append((describe_errors(exc), record))
                 continue
+            if tp.topic == topics.dead_letter:
+                for record in records:
+                    out.letters.append(self.letter_row(record))
+                continue
             for record in records:
                 raw = record.value or b""
                 try:
@@ -374,6 +411,17 @@ class WriterHandler:
                 except ValidationError as exc:
                     out.rejected.append((describe_errors(exc), record))
         return out
+
+    @staticmethod
+    def letter_row(record: ConsumerRecord[bytes, bytes]) -> tuple[object, ...]:
+        """A dead letter's row; a record on the dead-letter topic that is not one is stored as
+        a letter about itself (sending it back to the topic would loop)."""
+        raw = record.value or b""
+        try:
+            return letter_row(DeadLetter.model_validate_json(raw))
+        except ValidationError as exc:
+            reason = f"not a dead letter: {describe_errors(exc)}"
+            return letter_row(dead_letter(SOURCE, reason, raw, record))
 
     async def handle(self, batch: Batch) -> None:
         try:
@@ -394,7 +442,16 @@ class WriterHandler:
                         # Undecodable records were dead-lettered by the first attempt.
                         await self.write({tp: [record]}, letters=False)
                     except (psycopg.DataError, psycopg.IntegrityError) as refused:
-                        await self.dead_letter([(f"PostgreSQL refused it: {refused}", record)])
+                        if tp.topic == self.topics.dead_letter:
+                            log.error(
+                                "PostgreSQL refused dead letter %s@%d; skipped: %s",
+                                tp,
+                                record.offset,
+                                refused,
+                            )
+                        else:
+                            reason = f"PostgreSQL refused it: {refused}"
+                            await self.dead_letter([(reason, record)])
                         await self.write({tp: [record]}, skip_rows=True)
 
     async def dead_letter(self, rejected: list[tuple[str, ConsumerRecord[bytes, bytes]]]) -> None:
@@ -433,6 +490,8 @@ class WriterHandler:
                     raise Fenced(f"{tp} was written past offset {records[0].offset}")
             if decoded.readings:
                 await copy_rows(cur, "readings", READING_COLUMNS, READING_TYPES, decoded.readings)
+            if decoded.letters:
+                await copy_rows(cur, "dead_letters", LETTER_COLUMNS, LETTER_TYPES, decoded.letters)
             if decoded.values:
                 await copy_rows(cur, "staging_values", VALUE_COLUMNS, VALUE_TYPES, decoded.values)
                 await cur.execute(MOVE_VALUES)
@@ -480,7 +539,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         await run_consumer(
             settings.kafka,
             group_id=settings.writer.consumer_group,
-            topics=[topics.readings, topics.alerts, topics.indicator_values],
+            topics=[topics.readings, topics.alerts, topics.indicator_values, topics.dead_letter],
             handler=handler,
             stop=stop,
         )

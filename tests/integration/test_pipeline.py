@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -358,3 +360,61 @@ def test_ndjson_bodies_are_accepted_line_by_line(stack: Stack, client: httpx.Cli
     assert answer["accepted"] == 3
     assert answer["rejected"][0]["index"] == 1
     assert "not valid JSON" in answer["rejected"][0]["reason"]
+
+
+def test_dead_letters_are_stored_listed_and_replayed(stack: Stack) -> None:
+    """A gateway whose key is bound to the wrong device has its readings refused; once the
+    cause is understood an administrator replays them and they are stored."""
+    wrong = f"wl-{uuid.uuid4().hex[:6]}"
+    key = issue_key(stack.db_url, "readings:write", device="some-other-device")
+    admin = {"Authorization": f"Bearer {issue_key(stack.db_url, 'admin')}"}
+    now = datetime.now(UTC)
+    with httpx.Client(timeout=30.0) as http:
+        refused = http.post(
+            f"{stack.ingest_url}/api/v1/readings",
+            json=[reading(wrong, 4.0, now)],
+            headers={"X-API-Key": key},
+        )
+        assert refused.status_code == 422
+
+        def letters() -> list[dict[str, object]]:
+            page = http.get(
+                f"{stack.ingest_url}/api/v1/dead-letters",
+                params={"source": "ingest.http.readings", "replayed": "false", "limit": 1000},
+                headers=admin,
+            ).json()
+            return [item for item in page["items"] if wrong in str(item["payload"])]
+
+        [letter] = eventually(letters)
+        assert "may only send readings of device" in str(letter["reason"])
+        assert (
+            http.get(
+                f"{stack.ingest_url}/api/v1/dead-letters", headers={"X-API-Key": key}
+            ).status_code
+            == 403
+        )
+
+        replayed = http.post(
+            f"{stack.ingest_url}/api/v1/dead-letters/replay",
+            json={"letter_ids": [letter["letter_id"], 999_999_999]},
+            headers=admin,
+        )
+        assert replayed.status_code == 200, replayed.text
+        first, missing = replayed.json()["items"]
+        assert first["replayed"] is True
+        assert first["outcome"].startswith("accepted 1")
+        assert missing == {"letter_id": 999_999_999, "replayed": False, "outcome": "no such letter"}
+        eventually(
+            lambda: (
+                stack.query("SELECT count(*) FROM readings WHERE device_id = %s", wrong) == [(1,)]
+            )
+        )
+        assert not letters()  # marked replayed
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "services.cli", "deadletters", "list", "--source",
+         "ingest.http.readings"],
+        env=stack.env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert f"{letter['letter_id']:>8}" in listed.stdout
+    assert "replayed" in listed.stdout
