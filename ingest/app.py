@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +21,7 @@ from pydantic.json_schema import models_json_schema
 
 from ingest.batch import MalformedBatch, parse_body, parse_ndjson, sort_items
 from ingest.gateway import BrokerUnavailable, Gateway
+from ingest.registry import DeviceRegistry, RegistryUnavailable, check_devices
 from schemas.base import Contract
 from schemas.readings import SensorReading
 from services.api.deps import SettingsDep
@@ -116,9 +119,15 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.pool = pool
         app.state.keys = KeyStore(pool, ttl=settings.auth.key_cache_seconds)
         app.state.gateway = Gateway(settings, producer)
+        registry = DeviceRegistry(pool, interval=settings.ingest.registry_refresh_seconds)
+        app.state.registry = registry
+        refreshing = asyncio.create_task(registry.run())
         try:
             yield
         finally:
+            refreshing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refreshing
             await producer.stop()
             await pool.close()
 
@@ -141,6 +150,14 @@ def create_app(settings: Settings) -> FastAPI:
                 "detail": f"the message broker cannot take data now ({exc}); "
                 "nothing from this request was accepted, retry later"
             },
+            headers={"Retry-After": str(settings.ingest.retry_after_seconds)},
+        )
+
+    @app.exception_handler(RegistryUnavailable)
+    async def _registry_down(request: Request, exc: RegistryUnavailable) -> JSONResponse:
+        return JSONResponse(
+            status_code=503,
+            content={"detail": f"{exc}; nothing from this request was accepted, retry later"},
             headers={"Retry-After": str(settings.ingest.retry_after_seconds)},
         )
 
@@ -204,6 +221,9 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPException(400, str(exc)) from exc
 
         result = sort_items(items, only_device=caller.device_id)
+        if settings.ingest.require_registered_devices:
+            registry: DeviceRegistry = request.app.state.registry
+            result = check_devices(result, registry.current())
         letters = [
             dead_letter(SOURCE, f"item {r.index}: {r.reason}", orjson.dumps(r.item))
             for r in result.rejected

@@ -244,6 +244,70 @@ def keys_revoke(ctx: click.Context, key_id: str) -> None:
 
 
 @main.group()
+def devices() -> None:
+    """The device registry: import, list, enable and disable devices."""
+
+
+@devices.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def devices_import(ctx: click.Context, path: Path) -> None:
+    """Register devices from a JSON array or a CSV file with a header row (device_id,
+    device_type, lon, lat, grid, street, district, owner_department, status)."""
+    from services.devices.files import read_devices
+    from services.devices.service import upsert_many
+
+    try:
+        records = read_devices(path)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    count = _with_db(
+        ctx, lambda conn: upsert_many(conn, devices=records, by=f"cli:{getpass.getuser()}")
+    )
+    click.echo(f"registered {count} devices")
+
+
+@devices.command("list")
+@click.option("--district", default=None)
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.pass_context
+def devices_list(ctx: click.Context, district: str | None, limit: int) -> None:
+    """Registered devices."""
+    from services.devices.service import list_
+
+    page = _with_db(
+        ctx,
+        lambda conn: list_(
+            conn, district=district, device_type=None, status=None, limit=limit, offset=0
+        ),
+    )
+    for d in page.items:
+        click.echo(f"{d.device_id:<32} {d.device_type:<22} {d.status:<9} {d.district or '-'}")
+    click.echo(f"{len(page.items)} of {page.total}", err=True)
+
+
+@devices.command("disable")
+@click.argument("device_id")
+@click.option("--enable", is_flag=True, help="Enable it again instead.")
+@click.pass_context
+def devices_disable(ctx: click.Context, device_id: str, enable: bool) -> None:
+    """Disable a device (its readings are refused), or enable it with --enable."""
+    from services.devices.models import DeviceStatus
+    from services.devices.service import set_status
+
+    status = DeviceStatus.ACTIVE if enable else DeviceStatus.DISABLED
+    changed = _with_db(
+        ctx,
+        lambda conn: set_status(
+            conn, device_id=device_id, status=status, by=f"cli:{getpass.getuser()}"
+        ),
+    )
+    if changed is None:
+        raise click.ClickException(f"device {device_id!r} is not registered")
+    click.echo(f"{device_id} is {status.value}")
+
+
+@main.group()
 def deadletters() -> None:
     """List refused records and replay them once the cause is fixed."""
 

@@ -82,6 +82,9 @@ class IngestSettings(_Section):
     delivery_timeout_seconds: float = Field(default=10.0, gt=0)
     # Reading ids remembered to drop a retried batch's repeats (about 100 bytes each).
     dedupe_capacity: int = Field(default=1_000_000, ge=1)
+    # Readings of devices missing from the registry, or disabled there, are refused.
+    require_registered_devices: bool = True
+    registry_refresh_seconds: float = Field(default=5.0, gt=0)
 
 
 class RulesSettings(_Section):

@@ -17,6 +17,7 @@ from services.auth.service import KeyStore
 from services.auth.views import router as keys_router
 from services.config import Settings
 from services.db import make_pool
+from services.devices.views import router as devices_router
 from services.history.views import router as history_router
 from services.readings.views import router as readings_router
 
@@ -64,5 +65,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(alerts_router)
     app.include_router(readings_router)
     app.include_router(history_router)
+    app.include_router(devices_router)
     app.include_router(keys_router)
     return app

@@ -80,6 +80,34 @@ def issue_local_key(db_url: str, data_dir: Path) -> str:
     return issued.key
 
 
+def register_simulated_devices(db_url: str) -> None:
+    """Put the simulated city's devices in the registry, so ingest accepts their readings."""
+    import asyncio
+
+    from ingest.simulator import default_devices
+    from services.devices.models import DeviceUpsert
+    from services.devices.service import upsert_many
+
+    devices = [
+        DeviceUpsert(
+            device_id=d.device_id,
+            device_type=d.metric,
+            lon=d.location.lon,
+            lat=d.location.lat,
+            grid=d.location.grid,
+            street=d.location.street,
+            district=d.location.district,
+        )
+        for d in default_devices()
+    ]
+
+    async def run() -> int:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            return await upsert_many(conn, devices=devices, by="local-stack")
+
+    log.info("registered %d simulated devices", asyncio.run(run()))
+
+
 @dataclass
 class Service:
     """One supervised platform process."""
@@ -156,6 +184,8 @@ class LocalStack:
             forget_offsets_of_previous_broker(db_url)
 
         self.gateway_key = issue_local_key(db_url, self.data_dir)
+        if self.simulate:
+            register_simulated_devices(db_url)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CITY_VITALS_")}
         env.update(to_env(self.settings))
         env["CITY_VITALS_LOCAL__GATEWAY_KEY"] = self.gateway_key

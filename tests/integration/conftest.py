@@ -144,9 +144,11 @@ def stack_env(broker: str, db_url: str, prefix: str, **extra: str) -> dict[str, 
         CITY_VITALS_DB__URL=db_url,
         CITY_VITALS_RULES__CONSUMER_GROUP=f"{prefix}-rules",
         CITY_VITALS_WRITER__CONSUMER_GROUP=f"{prefix}-writer",
+        # Tests make up devices freely; the registry's own test turns this back on.
+        CITY_VITALS_INGEST__REQUIRE_REGISTERED_DEVICES="false",
         PYTHONUNBUFFERED="1",
-        **extra,
     )
+    env.update(extra)
     return env
 
 
