@@ -8,7 +8,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test lint schemas clean
+.PHONY: run test lint schemas clean system-deps
+
+# Debian packages the local stack and the tests run: installed only when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
+		{ echo "installing Debian's mosquitto (MQTT broker)"; \
+		  $(SUDO) apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto >/dev/null; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +24,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-run: $(STAMP)
+run: $(STAMP) system-deps
 	$(BIN)/city-vitals local $(ARGS)
 
 lint: $(STAMP)
@@ -25,7 +33,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/city-vitals schemas --check
 
-test: lint
+test: lint system-deps
 	$(BIN)/pytest $(ARGS)
 
 schemas: $(STAMP)

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from ingest import units
 from schemas.base import describe_errors
 from schemas.readings import READING_RECORD, ReadingRecord, record_reading_id
 
@@ -129,6 +130,13 @@ def sort_items(items: list[Any], *, only_device: str | None = None) -> Sorted:
         if only_device is not None and record["device_id"] != only_device:
             reason = f"device_id: this key may only send readings of device {only_device!r}"
             out.rejected.append(Rejection(index, reason, item))
+            continue
+        try:
+            record["unit"], record["value"] = units.normalise(
+                record["metric"], record["unit"], record["value"]
+            )
+        except units.UnitError as exc:
+            out.rejected.append(Rejection(index, str(exc), item))
             continue
         out.accepted.append(normalise(record))
     return out

@@ -125,6 +125,17 @@ def rules(ctx: click.Context) -> None:
     _run_until_signalled(lambda stop: run(settings, stop))
 
 
+@main.command("mqtt-bridge")
+@click.pass_context
+def mqtt_bridge(ctx: click.Context) -> None:
+    """Forward readings that devices publish over MQTT to Kafka (QoS 1, acknowledged only
+    once Kafka has them)."""
+    from ingest.mqtt import run
+
+    settings = _settings(ctx)
+    _run_until_signalled(lambda stop: run(settings, stop))
+
+
 @main.command()
 @click.option(
     "--migrate/--no-migrate", "apply", default=True, help="Apply schema migrations before starting."

@@ -87,6 +87,19 @@ class IngestSettings(_Section):
     registry_refresh_seconds: float = Field(default=5.0, gt=0)
 
 
+class MqttSettings(_Section):
+    """The MQTT bridge: devices publish to <topic_root>/<district>/<device type>/<device id>."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    topic_root: str = Field(default="city-vitals/readings", pattern=r"^[A-Za-z0-9_\-/.]+$")
+    # A fixed id and a persistent session: Mosquitto keeps QoS 1 messages while we are away.
+    client_id: str = "city-vitals-bridge"
+    username: str | None = None
+    password: SecretStr | None = None
+    max_batch: int = Field(default=1000, ge=1, description="Messages forwarded per Kafka hand-off.")
+
+
 class RulesSettings(_Section):
     catalogue: Path | None = Field(
         default=None, description="Indicator catalogue YAML; the bundled default when unset."
@@ -121,6 +134,9 @@ class LocalSettings(_Section):
     )
     postgres_port: int = Field(default=54329, ge=1, le=65535)
     broker_port: int = Field(default=9092, ge=1, le=65535)
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    # Off: use the MQTT broker at CITY_VITALS_MQTT__HOST:PORT instead of starting Mosquitto.
+    embedded_mqtt: bool = True
     # Off: use the configured CITY_VITALS_KAFKA__* / CITY_VITALS_DB__URL parts instead.
     embedded_broker: bool = True
     embedded_postgres: bool = True
@@ -147,6 +163,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     auth: AuthSettings = AuthSettings()
     ingest: IngestSettings = IngestSettings()
+    mqtt: MqttSettings = MqttSettings()
     rules: RulesSettings = RulesSettings()
     writer: WriterSettings = WriterSettings()
     storage: StorageSettings = StorageSettings()

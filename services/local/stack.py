@@ -25,6 +25,7 @@ from pydantic import SecretStr
 from services.config import Settings, to_env
 from services.db import migrate
 from services.local.broker import LocalBroker
+from services.local.mosquitto import LocalMosquitto
 from services.local.postgres import LocalPostgres
 from services.local.processes import stop_process, wait_for_port
 
@@ -162,6 +163,11 @@ class LocalStack:
             if local.embedded_postgres
             else None
         )
+        self.mosquitto = (
+            LocalMosquitto(local.mqtt_port, data_dir / "mosquitto", self.logs / "mosquitto.log")
+            if local.embedded_mqtt
+            else None
+        )
         self.services: list[Service] = []
         self.gateway_key = ""
 
@@ -174,6 +180,8 @@ class LocalStack:
         started = time.monotonic()
         if self.broker:
             self.broker.start()
+        if self.mosquitto:
+            self.mosquitto.start()
         if self.postgres:
             self.postgres.start()
             db_url = self.postgres.create_database("city_vitals")
@@ -192,7 +200,10 @@ class LocalStack:
         env["CITY_VITALS_KAFKA__BOOTSTRAP_SERVERS"] = self.bootstrap
         env["CITY_VITALS_DB__URL"] = db_url
         env["PYTHONUNBUFFERED"] = "1"
-        names = ["ingest", "rules", "writer", "api"]
+        if self.mosquitto:
+            env["CITY_VITALS_MQTT__HOST"] = "127.0.0.1"
+            env["CITY_VITALS_MQTT__PORT"] = str(self.mosquitto.port)
+        names = ["ingest", "rules", "writer", "api", "mqtt-bridge"]
         if self.simulate:
             names.append("simulate")
         self.services = [Service(n, [n], self.logs / f"{n}.log") for n in names]
@@ -238,6 +249,8 @@ class LocalStack:
             service.stop()
         if self.postgres:
             self.postgres.stop()
+        if self.mosquitto:
+            self.mosquitto.stop()
         if self.broker:
             self.broker.stop()
 
@@ -261,6 +274,8 @@ def run(settings: Settings, *, data_dir: Path | None, fresh: bool, simulate: boo
             f"  alerts         http://{api.host}:{api.port}/api/v1/alerts?status=firing\n"
             f"  ingest         http://{ingest.host}:{ingest.port}/api/v1/readings  (POST)\n"
             f"  ingest key     {stack.data_dir / 'gateway.key'}  (readings:write)\n"
+            f"  MQTT           {settings.mqtt.topic_root}/<district>/<type>/<device> on "
+            f"127.0.0.1:{stack.mosquitto.port if stack.mosquitto else settings.mqtt.port}\n"
             f"  Kafka          {stack.bootstrap}{'' if stack.broker else ' (external)'}\n"
             f"  PostgreSQL     {redact(db_url)}{'' if stack.postgres else ' (external)'}\n"
             f"  logs           {stack.logs}\n"

@@ -35,6 +35,7 @@ class Local:
             CITY_VITALS_INGEST__PORT=str(self.ingest_port),
             CITY_VITALS_LOCAL__BROKER_PORT=str(free_port()),
             CITY_VITALS_LOCAL__POSTGRES_PORT=str(free_port()),
+            CITY_VITALS_LOCAL__MQTT_PORT=str(free_port()),
             # The test's made-up devices are not in the registry.
             CITY_VITALS_INGEST__REQUIRE_REGISTERED_DEVICES="false",
             **settings,

@@ -202,7 +202,7 @@ def test_latest_readings_of_a_scope(stack: Stack, client: httpx.Client) -> None:
     device = f"lat-{uuid.uuid4().hex[:6]}"
     now = datetime.now(UTC)
     body = [reading(device, float(v), now - timedelta(seconds=10 - v)) for v in range(5)]
-    body.append(reading(device, 55.5, now, metric="rainfall_1h"))
+    body.append(reading(device, 55.5, now, metric="rainfall_1h", unit="mm"))
     assert client.post(f"{stack.ingest_url}/api/v1/readings", json=body).status_code == 202
 
     def latest() -> dict[str, float]:

@@ -99,3 +99,13 @@ def test_sorting_is_deterministic_in_ids() -> None:
     ts = datetime(2026, 7, 1, tzinfo=UTC).isoformat()
     first = sort_items([{**ITEM, "ts": ts}]).accepted[0].reading_id
     assert sort_items([{**ITEM, "ts": ts}]).accepted[0].reading_id == first
+
+
+def test_units_are_normalised_to_the_metric_s_canonical_one() -> None:
+    depth = {**ITEM, "metric": "waterlogging_depth", "unit": "mm", "value": 315}
+    speed = {**ITEM, "metric": "road_speed", "unit": "m/s", "value": 10}
+    odd = {**ITEM, "metric": "waterlogging_depth", "unit": "furlong", "value": 1}
+    result = sort_items([depth, speed, odd, ITEM])
+    got = [(a.record["unit"], a.record["value"]) for a in result.accepted]
+    assert got == [("cm", 31.5), ("km/h", 36.0), ("AQI", 1)]
+    assert "'furlong' cannot be converted to 'cm'" in result.rejected[0].reason

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_every_compose_service_runs_a_real_subcommand() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     ours = {name: s for name, s in compose["services"].items() if s.get("build")}
-    assert set(ours) == {"migrate", "ingest", "rules", "writer", "api"}
+    assert set(ours) == {"migrate", "ingest", "rules", "writer", "api", "mqtt-bridge"}
     for name, service in ours.items():
         command = service["command"][0]
         assert command in main.commands, f"{name} runs unknown subcommand {command!r}"
@@ -46,7 +46,7 @@ def test_every_kubernetes_container_runs_a_real_subcommand() -> None:
         for container in workload["spec"]["template"]["spec"]["containers"]:
             commands.add(container["args"][0])
             assert {"configMapRef": {"name": "city-vitals"}} in container["envFrom"]
-    assert commands == {"migrate", "ingest", "rules", "writer", "api"}
+    assert commands == {"migrate", "ingest", "rules", "writer", "api", "mqtt-bridge"}
     assert commands <= set(main.commands)
 
 
