@@ -12,6 +12,8 @@ from typing import Annotated, Any
 import orjson
 import psycopg
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
@@ -32,6 +34,7 @@ from services.config import Settings
 from services.db import make_pool
 from services.deadletters.views import router as dead_letters_router
 from services.kafka import dead_letter, make_producer, wait_for_broker
+from services.tickets import open311
 
 log = logging.getLogger(__name__)
 
@@ -240,4 +243,19 @@ def create_app(settings: Settings) -> FastAPI:
         )
 
     app.include_router(dead_letters_router)
+    app.include_router(open311.router)
+
+    @app.exception_handler(open311.Open311Error)
+    async def _open311_error(request: Request, exc: open311.Open311Error) -> JSONResponse:
+        return open311.error_response(exc.code, exc.description)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if request.url.path.startswith(open311.BASE):
+            reasons = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            return open311.error_response(400, reasons)
+        return await request_validation_exception_handler(request, exc)
+
     return app

@@ -31,6 +31,7 @@ from schemas.base import describe_errors
 from schemas.deadletter import DeadLetter
 from schemas.indicator_values import IndicatorValue
 from schemas.readings import READING_RECORD, ReadingRecord, record_reading_id
+from schemas.tickets import HotlineTicket
 from services.config import Settings
 from services.kafka import (
     Batch,
@@ -147,6 +148,41 @@ VALUE_TYPES = (
     "uuid",
 )
 
+TICKET_COLUMNS = (
+    "ticket_id",
+    "category",
+    "description",
+    "reported_at",
+    "urgent",
+    "address",
+    "lon",
+    "lat",
+    "grid",
+    "street",
+    "district",
+    "media_url",
+    "channel",
+    "external_id",
+)
+TICKET_TYPES = (
+    "uuid",
+    "text",
+    "text",
+    "timestamptz",
+    "bool",
+    "text",
+    "float8",
+    "float8",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+)
+CALLER_COLUMNS = ("ticket_id", "name", "phone")
+CALLER_TYPES = ("uuid", "text", "text")
+
 # Staging tables live per connection and empty themselves at commit. The unique keys of the
 # real tables (whatever the layout) make a re-emitted row a no-op.
 STAGING = """
@@ -154,6 +190,17 @@ CREATE TEMP TABLE IF NOT EXISTS staging_transitions
     (LIKE alert_transitions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS staging_values
     (LIKE indicator_values INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS staging_tickets
+    (LIKE tickets INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS staging_callers (LIKE ticket_callers) ON COMMIT DELETE ROWS;
+"""
+MOVE_TICKETS = f"""
+INSERT INTO tickets ({", ".join(TICKET_COLUMNS)})
+SELECT {", ".join(TICKET_COLUMNS)} FROM staging_tickets
+ON CONFLICT DO NOTHING;
+INSERT INTO ticket_callers ({", ".join(CALLER_COLUMNS)})
+SELECT {", ".join(CALLER_COLUMNS)} FROM staging_callers
+ON CONFLICT DO NOTHING
 """
 MOVE_TRANSITIONS = f"""
 INSERT INTO alert_transitions ({", ".join(TRANSITION_COLUMNS)})
@@ -268,6 +315,29 @@ def value_row(v: IndicatorValue) -> tuple[object, ...]:
     )
 
 
+def ticket_rows(t: HotlineTicket) -> tuple[tuple[object, ...], tuple[object, ...] | None]:
+    """A ticket's row, and its caller's row (None when the caller left no personal data)."""
+    loc = t.location
+    ticket = (
+        t.ticket_id,
+        t.category,
+        t.description,
+        t.reported_at,
+        t.urgent,
+        t.address,
+        loc.lon,
+        loc.lat,
+        loc.grid,
+        loc.street,
+        loc.district,
+        t.media_url,
+        t.channel.value,
+        t.external_id,
+    )
+    caller = (t.ticket_id, t.caller.name, t.caller.phone)
+    return ticket, (caller if t.caller.name or t.caller.phone else None)
+
+
 def _storable(text: str) -> str:
     # PostgreSQL text cannot hold NUL, and hostile payloads may carry it.
     return text.replace("\x00", "\ufffd")
@@ -295,6 +365,8 @@ class Decoded:
     transitions: list[AlertTransition] = field(default_factory=list)
     values: list[tuple[object, ...]] = field(default_factory=list)
     letters: list[tuple[object, ...]] = field(default_factory=list)
+    tickets: list[tuple[object, ...]] = field(default_factory=list)
+    callers: list[tuple[object, ...]] = field(default_factory=list)
     rejected: list[tuple[str, ConsumerRecord[bytes, bytes]]] = field(default_factory=list)
 
 
@@ -408,6 +480,11 @@ class WriterHandler:
                         out.transitions.append(AlertTransition.model_validate_json(raw))
                     elif tp.topic == topics.indicator_values:
                         out.values.append(value_row(IndicatorValue.model_validate_json(raw)))
+                    elif tp.topic == topics.tickets:
+                        ticket, caller = ticket_rows(HotlineTicket.model_validate_json(raw))
+                        out.tickets.append(ticket)
+                        if caller is not None:
+                            out.callers.append(caller)
                 except ValidationError as exc:
                     out.rejected.append((describe_errors(exc), record))
         return out
@@ -492,6 +569,14 @@ class WriterHandler:
                 await copy_rows(cur, "readings", READING_COLUMNS, READING_TYPES, decoded.readings)
             if decoded.letters:
                 await copy_rows(cur, "dead_letters", LETTER_COLUMNS, LETTER_TYPES, decoded.letters)
+            if decoded.tickets:
+                await copy_rows(
+                    cur, "staging_tickets", TICKET_COLUMNS, TICKET_TYPES, decoded.tickets
+                )
+                await copy_rows(
+                    cur, "staging_callers", CALLER_COLUMNS, CALLER_TYPES, decoded.callers
+                )
+                await cur.execute(MOVE_TICKETS)
             if decoded.values:
                 await copy_rows(cur, "staging_values", VALUE_COLUMNS, VALUE_TYPES, decoded.values)
                 await cur.execute(MOVE_VALUES)
@@ -539,7 +624,13 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         await run_consumer(
             settings.kafka,
             group_id=settings.writer.consumer_group,
-            topics=[topics.readings, topics.alerts, topics.indicator_values, topics.dead_letter],
+            topics=[
+                topics.readings,
+                topics.alerts,
+                topics.indicator_values,
+                topics.tickets,
+                topics.dead_letter,
+            ],
             handler=handler,
             stop=stop,
         )
