@@ -35,6 +35,7 @@ from services.db import make_pool
 from services.deadletters.views import router as dead_letters_router
 from services.kafka import dead_letter, make_producer, wait_for_broker
 from services.tickets import open311
+from services.tickets.views import router as tickets_router
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +245,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(dead_letters_router)
     app.include_router(open311.router)
+    app.include_router(tickets_router)
 
     @app.exception_handler(open311.Open311Error)
     async def _open311_error(request: Request, exc: open311.Open311Error) -> JSONResponse:

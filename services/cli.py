@@ -319,6 +319,49 @@ def devices_disable(ctx: click.Context, device_id: str, enable: bool) -> None:
 
 
 @main.group()
+def tickets() -> None:
+    """12345 tickets: bulk import from an existing hotline system."""
+
+
+@tickets.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Check every row, file nothing.")
+@click.pass_context
+def tickets_import(ctx: click.Context, path: Path, dry_run: bool) -> None:
+    """Import a CSV (with a header row) or JSON-lines (.jsonl, .ndjson) export; bad rows are
+    listed with their row number, field and reason, the good ones filed."""
+    from ingest.gateway import Gateway
+    from services.kafka import make_producer, wait_for_broker
+    from services.tickets.importer import parse
+    from services.tickets.open311 import publish_tickets
+
+    settings = _settings(ctx)
+    ndjson = path.suffix.lower() in {".jsonl", ".ndjson"}
+    try:
+        batch = parse(path.read_text(encoding="utf-8-sig"), ndjson=ndjson)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise click.ClickException(f"{path}: {exc}") from exc
+    for error in batch.errors:
+        click.echo(f"row {error.row}: {error.field}: {error.reason}", err=True)
+
+    async def publish() -> None:
+        await wait_for_broker(settings.kafka, patience=10)
+        producer = make_producer(settings.kafka)
+        await producer.start()
+        try:
+            await publish_tickets(Gateway(settings, producer), batch.tickets)
+        finally:
+            await producer.stop()
+
+    if batch.tickets and not dry_run:
+        asyncio.run(publish())
+    verb = "would import" if dry_run else "imported"
+    click.echo(f"{verb} {len(batch.tickets)} tickets; {len(batch.errors)} rows refused")
+    if batch.errors:
+        sys.exit(1)
+
+
+@main.group()
 def deadletters() -> None:
     """List refused records and replay them once the cause is fixed."""
 

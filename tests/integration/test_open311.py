@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -178,3 +179,45 @@ def test_bad_searches_get_open311_errors(open311: Open311) -> None:
     missing = httpx.get(f"{open311.base}/requests/{uuid.uuid4()}.json")
     assert missing.status_code == 404
     assert missing.json()[0]["code"] == 404
+
+
+EXPORT = (
+    "external_id,category,description,reported_at,district,caller_name,caller_phone\n"
+    "GZ12345-001,drainage.waterlogging,江南大道积水,2026-11-20T08:00:00+08:00,haizhu,王五,13900001111\n"
+    "GZ12345-002,nope.nope,x,2026-11-20T08:00:00+08:00,haizhu,,\n"
+    "GZ12345-003,noise.neighbourhood,楼上噪音,2026-11-20T23:30:00+08:00,liwan,,\n"
+)
+
+
+def test_bulk_import_by_api_is_per_row_and_idempotent(open311: Open311) -> None:
+    url = open311.base.replace("/open311/v2", "/api/v1/tickets/import")
+    headers = {"Authorization": f"Bearer {open311.hotline}", "content-type": "text/csv"}
+    first = httpx.post(url, content=EXPORT.encode(), headers=headers)
+    assert first.status_code == 200, first.text
+    assert first.json()["imported"] == 2
+    assert first.json()["errors"] == [
+        {"row": 2, "field": "category", "reason": "unknown service code 'nope.nope'"}
+    ]
+    again = httpx.post(url, content=EXPORT.encode(), headers=headers)
+    assert again.json()["imported"] == 2
+
+    def imported() -> list[dict[str, object]]:
+        found: list[dict[str, object]] = httpx.get(
+            f"{open311.base}/requests.json",
+            params={"start_date": "2026-11-19T00:00:00Z", "end_date": "2026-11-22T00:00:00Z"},
+        ).json()
+        return found
+
+    eventually(lambda: len(imported()) == 2, timeout=30)
+    time.sleep(1)  # the repeated import had time to arrive: still one ticket per row
+    rows = imported()
+    assert len(rows) == 2
+    assert {r["extended_attributes"]["channel"] for r in rows} == {"import"}  # type: ignore[index]
+    wrong = httpx.post(url, content=b"x", headers={**headers, "content-type": "text/plain"})
+    assert wrong.status_code == 415
+    device = httpx.post(
+        url,
+        content=EXPORT.encode(),
+        headers={**headers, "Authorization": f"Bearer {open311.device}"},
+    )
+    assert device.status_code == 403

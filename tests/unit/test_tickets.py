@@ -58,3 +58,44 @@ def test_an_open311_form_without_a_place_is_refused() -> None:
     with pytest.raises(Open311Error, match="location is required") as caught:
         ticket_from_form({"service_code": ["gas.leak"]}, NOW)
     assert caught.value.code == 400
+
+
+def test_a_hotline_export_imports_row_by_row_with_reasons() -> None:
+    from services.tickets.importer import parse, ticket_id_for
+
+    text = (
+        "external_id,category,description,reported_at,district,lat,lon,caller_phone,urgent\n"
+        "GZ-1,drainage.waterlogging,积水,2026-11-20T08:00:00+08:00,tianhe,23.1,113.3,13800000000,\n"
+        "GZ-2,no.such,x,2026-11-20T08:00:00+08:00,,,,,\n"
+        ",noise.construction,夜间施工,2026-11-20T08:00:00+08:00,,,,,\n"
+        "GZ-4,noise.construction,夜间施工,yesterday,,,,,\n"
+        "GZ-5,noise.construction,夜间施工,2026-11-20T23:00:00+08:00,haizhu,north,,,是\n"
+        "GZ-6,noise.construction,夜间施工,2026-11-20T23:00:00+08:00,haizhu,,,,是\n"
+    )
+    batch = parse(text, ndjson=False)
+    assert [t.external_id for t in batch.tickets] == ["GZ-1", "GZ-6"]
+    assert batch.tickets[0].ticket_id == ticket_id_for("GZ-1")  # same export, same ids
+    assert batch.tickets[0].urgent  # the service's default
+    assert batch.tickets[1].urgent  # 是
+    assert [(e.row, e.field) for e in batch.errors] == [
+        (2, "category"),
+        (3, "external_id"),
+        (4, "reported_at"),
+        (5, "location.lat"),
+    ]
+
+
+def test_json_lines_exports_too() -> None:
+    from services.tickets.importer import parse
+
+    text = (
+        '{"external_id": "A", "category": "gas.leak", "description": "煤气味",'
+        ' "reported_at": "2026-11-20T00:00:00Z", "address": "海珠区"}\n'
+        "[1]\n{broken\n"
+    )
+    batch = parse(text, ndjson=True)
+    assert [t.external_id for t in batch.tickets] == ["A"]
+    assert [(e.row, e.reason.split(":")[0]) for e in batch.errors] == [
+        (2, "expected a JSON object"),
+        (3, "not valid JSON"),
+    ]
