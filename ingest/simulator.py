@@ -1,8 +1,8 @@
-"""A small simulated city feeding the ingest service over HTTP, as real gateways would.
+"""The simulated city's feed: readings to ingest over HTTP, 12345 calls over Open311.
 
-The readings are a pure function of the device, the instant and the seed; the sender only
-paces them and posts them. Waterlogging at one low-lying spot rises and drains on a cycle,
-so alerts open, escalate and resolve while the demo runs.
+Rate from a trickle to hundreds of thousands of readings per second (several batches in
+flight at once). A scenario is started on command: ``city-vitals scenario start typhoon``
+writes the control file the running simulator reads every second.
 """
 
 from __future__ import annotations
@@ -10,99 +10,106 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import random
+import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
+import orjson
 
-from schemas.base import utcnow
-from schemas.readings import Location, SensorReading
+from ingest.city.model import City
+from ingest.city.scenarios import Running, ScenarioName, ticket_surge
+from ingest.city.tickets import draw_calls
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class Device:
-    device_id: str
-    metric: str
-    unit: str
-    base: float
-    amplitude: float
-    period_s: float
-    noise: float
-    location: Location
+MAX_BATCH = 5_000
 
 
-# A few real Guangzhou places (approximate coordinates); the full simulated city comes later.
-_PLACES = [
-    ("tianhe", "linhe", 113.327, 23.146),
-    ("yuexiu", "beijingjie", 113.270, 23.129),
-    ("haizhu", "pazhou", 113.366, 23.103),
-    ("baiyun", "jingxi", 113.268, 23.196),
-    ("panyu", "shiqiao", 113.364, 22.938),
-]
-
-_KINDS = [
-    # metric, unit, base, amplitude, period (s), noise
-    ("waterlogging_depth", "cm", 4.0, 3.0, 300.0, 0.5),
-    ("rainfall_1h", "mm", 6.0, 5.0, 900.0, 0.8),
-    ("road_speed", "km/h", 42.0, 12.0, 600.0, 2.0),
-    ("aqi", "AQI", 60.0, 20.0, 1200.0, 3.0),
-]
-
-
-def default_devices() -> list[Device]:
-    """Four sensors in each of five districts, plus one flood-prone underpass."""
-    devices = [
-        Device(
-            device_id=f"{district}-{metric}-01",
-            metric=metric,
-            unit=unit,
-            base=base,
-            amplitude=amplitude,
-            period_s=period,
-            noise=noise,
-            location=Location(
-                lon=lon, lat=lat, grid=f"{street}-g01", street=street, district=district
-            ),
+def read_control(path: Path | None) -> Running | None:
+    """The scenario the control file names, if one is running now."""
+    if path is None or not path.exists():
+        return None
+    try:
+        data = orjson.loads(path.read_bytes())
+        running = Running(
+            name=ScenarioName(data["name"]),
+            started_at=float(data["started_at"]),
+            minutes=float(data.get("minutes", 30)),
+            district=str(data.get("district", "tianhe")),
         )
-        for district, street, lon, lat in _PLACES
-        for metric, unit, base, amplitude, period, noise in _KINDS
-    ]
-    # 广园路隧道-like underpass: floods to red (50+ cm) and drains every two minutes.
-    devices.append(
-        Device(
-            device_id="tianhe-underpass-wl-01",
-            metric="waterlogging_depth",
-            unit="cm",
-            base=27.0,
-            amplitude=32.0,
-            period_s=120.0,
-            noise=0.5,
-            location=Location(
-                lon=113.331, lat=23.152, grid="linhe-g02", street="linhe", district="tianhe"
-            ),
+    except (orjson.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
+        log.warning("ignoring unreadable scenario file %s: %s", path, exc)
+        return None
+    return running if running.active(time.time()) else None
+
+
+def write_control(path: Path, running: Running) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        orjson.dumps(
+            {"name": running.name.value, "started_at": running.started_at,
+             "minutes": running.minutes, "district": running.district}
         )
-    )
-    return devices
+    )  # fmt: skip
 
 
-def reading_at(device: Device, at: datetime, rng: random.Random) -> SensorReading:
-    """The device's reading at an instant: a daily-like wave plus noise, never negative."""
-    phase = (at.timestamp() % device.period_s) / device.period_s
-    value = (
-        device.base + device.amplitude * math.sin(2 * math.pi * phase) + rng.gauss(0, device.noise)
-    )
-    return SensorReading(
-        device_id=device.device_id,
-        metric=device.metric,
-        value=round(max(value, 0.0), 2),
-        unit=device.unit,
-        ts=at,
-        location=device.location,
-    )
+@dataclass
+class Counts:
+    accepted: int = 0
+    refused: int = 0
+    tickets: int = 0
+
+
+async def _post(
+    client: httpx.AsyncClient, path: str, body: bytes, counts: Counts, stop: asyncio.Event
+) -> None:
+    """Post one batch, retrying after 503 or a lost connection as a well-behaved gateway."""
+    while not stop.is_set():
+        try:
+            response = await client.post(
+                path, content=body, headers={"content-type": "application/json"}
+            )
+        except httpx.TransportError as exc:
+            log.warning("ingest unreachable (%s); retrying", exc)
+            await asyncio.sleep(1.0)
+            continue
+        if response.status_code == 503:
+            await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+            continue
+        if response.status_code in (202, 422):
+            answer = response.json()
+            counts.accepted += int(answer["accepted"])
+            counts.refused += len(answer["rejected"])
+        else:
+            log.error("ingest refused a batch: %s %s", response.status_code, response.text[:300])
+        return
+
+
+async def _call(client: httpx.AsyncClient, form: dict[str, str], counts: Counts) -> None:
+    try:
+        response = await client.post("/open311/v2/requests.json", data=form)
+    except httpx.TransportError as exc:
+        log.warning("Open311 unreachable (%s)", exc)
+        return
+    if response.status_code == 201:
+        counts.tickets += 1
+    else:
+        log.error("Open311 refused a call: %s %s", response.status_code, response.text[:300])
+
+
+async def _bounded(jobs: list[Coroutine[Any, Any, None]], concurrency: int) -> None:
+    """Run the jobs with at most ``concurrency`` in flight."""
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(job: Coroutine[Any, Any, None]) -> None:
+        async with semaphore:
+            await job
+
+    await asyncio.gather(*(one(j) for j in jobs))
 
 
 async def run(
@@ -111,44 +118,52 @@ async def run(
     rate: float,
     stop: asyncio.Event,
     seed: int = 12345,
-    devices: list[Device] | None = None,
     key: str | None = None,
-) -> int:
-    """Post readings to ingest at about ``rate`` per second until stopped; returns how many
-    were accepted. Retries a batch the service answered 503 to, as a well-behaved gateway."""
-    devices = devices or default_devices()
-    rng = random.Random(seed)
-    accepted = 0
-    cursor = 0
+    control: Path | None = None,
+    tickets: bool = True,
+    concurrency: int = 4,
+) -> Counts:
+    """Feed ingest at about ``rate`` readings per second until stopped."""
+    city = City(seed)
+    rng = np.random.default_rng(seed)
+    counts = Counts()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    async with httpx.AsyncClient(base_url=ingest_url, timeout=30.0, headers=headers) as client:
+    limits = httpx.Limits(max_connections=concurrency + 2)
+    async with httpx.AsyncClient(
+        base_url=ingest_url, timeout=30.0, headers=headers, limits=limits
+    ) as client:
+        carry = 0.0
+        last = time.time()
         while not stop.is_set():
-            now = utcnow()
-            count = max(1, round(rate))
-            batch = []
-            for i in range(count):
-                device = devices[cursor % len(devices)]
-                cursor += 1
-                # Spread over the last second: one device never reports twice at one instant.
-                at = now - timedelta(seconds=(count - i) / count)
-                batch.append(reading_at(device, at, rng).model_dump(mode="json"))
-            try:
-                response = await client.post("/api/v1/readings", json=batch)
-            except httpx.TransportError as exc:
-                log.warning("ingest unreachable (%s); retrying", exc)
-                await asyncio.sleep(1.0)
-                continue
-            if response.status_code == 503:
-                await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
-                continue
-            if response.status_code != 202:
-                log.error(
-                    "ingest refused a simulated batch: %s %s",
-                    response.status_code,
-                    response.text[:500],
+            tick = time.time()
+            running = read_control(control)
+            carry += rate * (tick - last)
+            count, carry = int(carry), carry - int(carry)
+            elapsed, last = tick - last, tick
+            batches = [
+                city.body(tick, min(MAX_BATCH, count - start), running)
+                for start in range(0, count, MAX_BATCH)
+            ]
+            jobs: list[Coroutine[Any, Any, None]] = [
+                _post(client, "/api/v1/readings", b, counts, stop) for b in batches
+            ]
+            if tickets:
+                surge = (
+                    ticket_surge(running, float(running.progress(np.array([tick]))[0]))
+                    if (running)
+                    else {}
                 )
-            else:
-                accepted += int(response.json()["accepted"])
+                jobs += [
+                    _call(client, form, counts)
+                    for form in draw_calls(rng, elapsed, city.grids, surge)
+                ]
+            await _bounded(jobs, concurrency)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-    return accepted
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, 1.0 - (time.time() - tick)))
+    log.info(
+        "simulator stopped: %d readings accepted, %d refused, %d tickets filed",
+        counts.accepted,
+        counts.refused,
+        counts.tickets,
+    )
+    return counts

@@ -174,11 +174,26 @@ def migrate_command(ctx: click.Context, revision: str) -> None:
     default=None,
     help="File holding the ingest API key (default: CITY_VITALS_LOCAL__GATEWAY_KEY).",
 )
+@click.option(
+    "--control",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Scenario control file (default: DATA_DIR/scenario.json).",
+)
+@click.option("--tickets/--no-tickets", default=True, help="Also file 12345 calls over Open311.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.pass_context
 def simulate(
-    ctx: click.Context, rate: float | None, url: str | None, seed: int, key_file: Path | None
+    ctx: click.Context,
+    rate: float | None,
+    url: str | None,
+    seed: int,
+    key_file: Path | None,
+    control: Path | None,
+    tickets: bool,
+    concurrency: int,
 ) -> None:
-    """Feed the ingest service with a simulated city."""
+    """Feed the ingest service with the simulated city (readings and 12345 calls)."""
     from ingest import simulator
 
     settings = _settings(ctx)
@@ -190,9 +205,75 @@ def simulate(
         key = secret.get_secret_value() if secret else None
     _run_until_signalled(
         lambda stop: simulator.run(
-            target, rate=rate or settings.local.simulate_rate, stop=stop, seed=seed, key=key
+            target,
+            rate=rate or settings.local.simulate_rate,
+            stop=stop,
+            seed=seed,
+            key=key,
+            control=control or _data_dir(settings) / "scenario.json",
+            tickets=tickets,
+            concurrency=concurrency,
         )
     )
+
+
+def _data_dir(settings: Settings) -> Path:
+    from services.local.stack import default_data_dir
+
+    return settings.local.data_dir or default_data_dir()
+
+
+@main.group()
+def scenario() -> None:
+    """Put the simulated city through a scenario (typhoon, canton_fair, chunyun, pollution,
+    outage); the running simulator picks it up within a second."""
+
+
+@scenario.command("list")
+def scenario_list() -> None:
+    """The scenarios and what they do."""
+    from ingest.city.scenarios import DESCRIPTIONS
+
+    for name, text in DESCRIPTIONS.items():
+        click.echo(f"{name.value:<12} {text}")
+
+
+@scenario.command("start")
+@click.argument("name")
+@click.option("--minutes", type=click.FloatRange(0.1, 24 * 60), default=30.0, show_default=True)
+@click.option("--district", default="tianhe", show_default=True, help="For the outage.")
+@click.option("--control", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.pass_context
+def scenario_start(
+    ctx: click.Context, name: str, minutes: float, district: str, control: Path | None
+) -> None:
+    """Start a scenario now."""
+    import time
+
+    from ingest.city.geography import DISTRICTS
+    from ingest.city.scenarios import Running, ScenarioName
+    from ingest.simulator import write_control
+
+    try:
+        chosen = ScenarioName(name)
+    except ValueError:
+        names = ", ".join(n.value for n in ScenarioName)
+        raise click.BadParameter(f"unknown scenario {name!r}; one of {names}") from None
+    if district not in DISTRICTS:
+        raise click.BadParameter(f"unknown district {district!r}; one of {', '.join(DISTRICTS)}")
+    path = control or _data_dir(_settings(ctx)) / "scenario.json"
+    write_control(path, Running(chosen, time.time(), minutes, district))
+    click.echo(f"{chosen.value} started for {minutes:g} minutes ({path})")
+
+
+@scenario.command("stop")
+@click.option("--control", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.pass_context
+def scenario_stop(ctx: click.Context, control: Path | None) -> None:
+    """Stop the running scenario."""
+    path = control or _data_dir(_settings(ctx)) / "scenario.json"
+    path.unlink(missing_ok=True)
+    click.echo("scenario stopped")
 
 
 @main.group()

@@ -70,7 +70,9 @@ def issue_local_key(db_url: str, data_dir: Path) -> str:
 
     issued = issue_sync(
         db_url,
-        request=ApiKeyCreate(name=LOCAL_KEY_NAME, scopes=[Scope.READINGS_WRITE]),
+        request=ApiKeyCreate(
+            name=LOCAL_KEY_NAME, scopes=[Scope.READINGS_WRITE, Scope.TICKETS_WRITE]
+        ),
         by="local-stack",
         replace=True,
     )
@@ -81,25 +83,25 @@ def issue_local_key(db_url: str, data_dir: Path) -> str:
     return issued.key
 
 
-def register_simulated_devices(db_url: str) -> None:
+def register_simulated_devices(db_url: str, seed: int = 12345) -> None:
     """Put the simulated city's devices in the registry, so ingest accepts their readings."""
     import asyncio
 
-    from ingest.simulator import default_devices
+    from ingest.city.model import City
     from services.devices.models import DeviceUpsert
     from services.devices.service import upsert_many
 
     devices = [
         DeviceUpsert(
             device_id=d.device_id,
-            device_type=d.metric,
-            lon=d.location.lon,
-            lat=d.location.lat,
-            grid=d.location.grid,
-            street=d.location.street,
-            district=d.location.district,
+            device_type=d.device_type,
+            lon=d.grid.lon,
+            lat=d.grid.lat,
+            grid=d.grid.code,
+            street=d.grid.street.code,
+            district=d.grid.street.district,
         )
-        for d in default_devices()
+        for d in City(seed).devices
     ]
 
     async def run() -> int:
@@ -206,7 +208,8 @@ class LocalStack:
         names = ["ingest", "rules", "writer", "api", "mqtt-bridge"]
         if self.simulate:
             names.append("simulate")
-        self.services = [Service(n, [n], self.logs / f"{n}.log") for n in names]
+        args = {"simulate": ["simulate", "--control", str(self.data_dir / "scenario.json")]}
+        self.services = [Service(n, args.get(n, [n]), self.logs / f"{n}.log") for n in names]
         for service in self.services:
             service.start(env)
         api, ingest = self.settings.api, self.settings.ingest
@@ -273,7 +276,9 @@ def run(settings: Settings, *, data_dir: Path | None, fresh: bool, simulate: boo
             f"  API            http://{api.host}:{api.port}/docs\n"
             f"  alerts         http://{api.host}:{api.port}/api/v1/alerts?status=firing\n"
             f"  ingest         http://{ingest.host}:{ingest.port}/api/v1/readings  (POST)\n"
-            f"  ingest key     {stack.data_dir / 'gateway.key'}  (readings:write)\n"
+            f"  ingest key     {stack.data_dir / 'gateway.key'}  (readings:write, tickets:write)\n"
+            f"  12345 Open311  http://{ingest.host}:{ingest.port}/open311/v2/services.json\n"
+            "  scenarios      city-vitals scenario list | start typhoon | stop\n"
             f"  MQTT           {settings.mqtt.topic_root}/<district>/<type>/<device> on "
             f"127.0.0.1:{stack.mosquitto.port if stack.mosquitto else settings.mqtt.port}\n"
             f"  Kafka          {stack.bootstrap}{'' if stack.broker else ' (external)'}\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,6 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ingest import simulator
+from ingest.city.scenarios import Running, ScenarioName
+from ingest.simulator import Counts, write_control
 from services.local.broker import LocalBroker
 from services.local.postgres import LocalPostgres
 from services.local.processes import free_port
@@ -32,6 +36,7 @@ class Open311:
     hotline: str  # tickets:write
     supervisor: str  # pii:read
     device: str  # readings:write
+    gateway: str  # readings:write and tickets:write, as the simulated city's
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +53,7 @@ def open311(broker: LocalBroker, postgres: LocalPostgres, workdir: Path) -> Iter
                 hotline=issue_key(db_url, "tickets:write"),
                 supervisor=issue_key(db_url, "pii:read"),
                 device=issue_key(db_url, "readings:write"),
+                gateway=issue_key(db_url, "readings:write", "tickets:write"),
             )
     finally:
         writer.terminate()
@@ -221,3 +227,26 @@ def test_bulk_import_by_api_is_per_row_and_idempotent(open311: Open311) -> None:
         headers={**headers, "Authorization": f"Bearer {open311.device}"},
     )
     assert device.status_code == 403
+
+
+def test_the_simulated_city_feeds_readings_and_calls_through_a_typhoon(
+    open311: Open311, workdir: Path
+) -> None:
+    control = workdir / "scenario.json"
+    write_control(control, Running(ScenarioName.TYPHOON, time.time() - 20 * 60, minutes=30))
+
+    async def feed() -> Counts:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(3.0, stop.set)
+        return await simulator.run(
+            open311.base.removesuffix("/open311/v2"),
+            rate=2000,
+            stop=stop,
+            key=open311.gateway,
+            control=control,
+        )
+
+    counts = asyncio.run(feed())
+    assert counts.accepted >= 2000
+    assert counts.refused == 0
+    assert counts.tickets >= 1  # the typhoon's flood of 排水防涝 calls
