@@ -1,7 +1,11 @@
-"""The reference for HTTP ingest: a bare uvicorn endpoint that parses the same JSON body and
-answers 202, with no validation and no broker. Run by bench.pipeline in its own process."""
+"""The reference for HTTP ingest: bare uvicorn endpoints that parse the same bodies (a JSON
+batch of readings, an Open311 form) and answer, with no validation and no broker. Run by
+bench.pipeline and bench.ingest in a process of their own."""
 
 from __future__ import annotations
+
+import uuid
+from urllib.parse import parse_qs
 
 import orjson
 from starlette.applications import Starlette
@@ -19,4 +23,19 @@ async def readings(request: Request) -> Response:
     )
 
 
-app = Starlette(routes=[Route("/api/v1/readings", readings, methods=["POST"])])
+async def open311(request: Request) -> Response:
+    """Parse the form as Open311's endpoint must, file nothing."""
+    form = parse_qs((await request.body()).decode())
+    return Response(
+        orjson.dumps([{"service_request_id": str(uuid.uuid4()), "fields": len(form)}]),
+        status_code=201,
+        media_type="application/json",
+    )
+
+
+app = Starlette(
+    routes=[
+        Route("/api/v1/readings", readings, methods=["POST"]),
+        Route("/open311/v2/requests.json", open311, methods=["POST"]),
+    ]
+)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from itertools import islice
@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from ingest import units
 from schemas.base import describe_errors
-from schemas.readings import READING_RECORD, ReadingRecord, record_reading_id
+from schemas.readings import READING_RECORD, ReadingRecord, record_reading_id_text
 
 
 class MalformedBatch(ValueError):
@@ -31,7 +31,7 @@ class Rejection:
 class Accepted:
     """A valid reading, normalised: id filled in, time in UTC, ready for the readings topic."""
 
-    reading_id: uuid.UUID
+    reading_id: str  # canonical UUID text
     device_id: str
     record: dict[str, Any]
 
@@ -103,7 +103,7 @@ def _bounded(items: list[Any], max_items: int) -> list[Any]:
 
 def normalise(record: ReadingRecord) -> Accepted:
     """The reading as it goes on the topic: with its id, its time in UTC."""
-    reading_id = record_reading_id(record)
+    reading_id = record_reading_id_text(record)
     out: dict[str, Any] = {**record, "reading_id": reading_id, "ts": record["ts"].astimezone(UTC)}
     return Accepted(reading_id=reading_id, device_id=record["device_id"], record=out)
 
@@ -152,24 +152,22 @@ class RecentIds:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._done: dict[bytes, None] = {}
-        self._pending: set[bytes] = set()
+        self._done: dict[Hashable, None] = {}
+        self._pending: set[Hashable] = set()
 
-    def claim(self, ids: list[uuid.UUID]) -> list[bool]:
+    def claim(self, ids: Sequence[Hashable]) -> list[bool]:
         """For each id, whether it is new (and now claimed by the caller)."""
         fresh = []
-        for rid in ids:
-            key = rid.bytes
+        for key in ids:
             new = key not in self._done and key not in self._pending
             if new:
                 self._pending.add(key)
             fresh.append(new)
         return fresh
 
-    def settle(self, ids: list[uuid.UUID], *, delivered: bool) -> None:
+    def settle(self, ids: Sequence[Hashable], *, delivered: bool) -> None:
         """The claimed ids were delivered (remember them) or not (release them)."""
-        for rid in ids:
-            key = rid.bytes
+        for key in ids:
             self._pending.discard(key)
             if delivered:
                 self._done[key] = None

@@ -66,7 +66,7 @@ def test_accepted_readings_are_normalised_like_the_contract() -> None:
     item = {**ITEM, "ts": "2026-07-01T08:00:00+08:00", "location": {"district": "yuexiu"}}
     [accepted] = sort_items([item]).accepted
     model = SensorReading.model_validate(item)
-    assert accepted.reading_id == model.reading_id
+    assert accepted.reading_id == str(model.reading_id)
     assert accepted.key == model.key
     assert SensorReading.model_validate_json(accepted.encode()) == model
     assert b'"ts":"2026-07-01T00:00:00Z"' in accepted.encode()

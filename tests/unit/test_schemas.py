@@ -202,3 +202,12 @@ def test_the_fast_reading_record_agrees_with_the_contract(changes: dict[str, obj
     assert {k: v for k, v in location.items() if v is not None} == model.location.model_dump(
         exclude_none=True
     )
+
+
+def test_the_fast_reading_id_is_uuid5() -> None:
+    import uuid
+
+    from schemas.readings import _READING_NS, reading_id_text
+
+    for name in (("d", "aqi", "2026-07-01T00:00:00+00:00"), ("设备-1", "x", "t")):
+        assert reading_id_text(*name) == str(uuid.uuid5(_READING_NS, "|".join(name)))
