@@ -81,8 +81,22 @@ class City:
             station=np.isin(street, geography.STATIONS),
             fair=street == geography.CANTON_FAIR,
         )
+        # Gateways here send each reading with its place (the registry would fill it too).
         self._prefix = [
-            orjson.dumps({"device_id": d.device_id, "metric": d.metric, "unit": d.unit})[:-1]
+            orjson.dumps(
+                {
+                    "device_id": d.device_id,
+                    "metric": d.metric,
+                    "unit": d.unit,
+                    "location": {
+                        "lon": d.grid.lon,
+                        "lat": d.grid.lat,
+                        "grid": d.grid.code,
+                        "street": d.grid.street.code,
+                        "district": d.grid.street.district,
+                    },
+                }
+            )[:-1]
             + b',"value":'
             for d in devices
         ]
