@@ -85,6 +85,21 @@ async def services() -> list[dict[str, Any]]:
     ]
 
 
+@router.get("/services/{service_code}.json", summary="Open311: one service's definition")
+async def service_definition(service_code: str) -> dict[str, Any]:
+    """The service's extra attributes (none here: every service takes the standard fields)
+    and, as an extension, the department it usually goes to."""
+    found = taxonomy().service(service_code)
+    if found is None:
+        raise Open311Error(404, f"unknown service_code {service_code!r} (see services.json)")
+    category, svc = found
+    return {
+        "service_code": svc.code,
+        "attributes": [],
+        "department": svc.department or category.department,
+    }
+
+
 def _first(form: dict[str, list[str]], name: str) -> str | None:
     values = form.get(name)
     return values[0].strip() if values and values[0].strip() else None

@@ -68,6 +68,15 @@ def test_services_list_the_taxonomy(open311: Open311) -> None:
     assert flood["service_name"] == "路面积水"
     assert flood["group"] == "排水防涝"
     assert {"metadata", "type", "keywords", "description"} <= set(flood)
+    definition = httpx.get(f"{open311.base}/services/gas.leak.json").json()
+    assert definition == {
+        "service_code": "gas.leak",
+        "attributes": [],
+        "department": "住房和城乡建设局",
+    }
+    unknown = httpx.get(f"{open311.base}/services/no.such.json")
+    assert unknown.status_code == 404
+    assert "no.such" in unknown.json()[0]["description"]
 
 
 def test_a_form_post_becomes_a_stored_request_with_the_caller_masked(open311: Open311) -> None:
