@@ -9,6 +9,7 @@ from psycopg.rows import dict_row
 
 from schemas.alerts import Level
 from services.alerts.models import AlertDetail, AlertPage, AlertRead, AlertStatus, TransitionRead
+from services.paging import Filters, page
 
 _ALERT_COLUMNS = sql.SQL(
     "alert_id, indicator, scope_level, scope_id, status, level, peak_level, value, threshold, "
@@ -27,31 +28,21 @@ async def list_(
     offset: int,
 ) -> AlertPage:
     """Alerts matching the filters, most recently changed first."""
-    where: list[sql.Composable] = []
-    params: list[object] = []
-    for column, value in (
-        ("status", status),
-        ("level", level),
-        ("indicator", indicator),
-        ("scope_id", scope_id),
-    ):
-        if value is not None:
-            where.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
-            params.append(str(value))
-    clause = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql.SQL("SELECT count(*) AS n FROM alerts") + clause, params)
-        total_row = await cur.fetchone()
-        await cur.execute(
-            sql.SQL("SELECT {} FROM alerts").format(_ALERT_COLUMNS)
-            + clause
-            + sql.SQL(" ORDER BY updated_at DESC, alert_id LIMIT %s OFFSET %s"),
-            [*params, limit, offset],
-        )
-        rows = await cur.fetchall()
+    filters = Filters().equal(
+        [("status", status), ("level", level), ("indicator", indicator), ("scope_id", scope_id)]
+    )
+    rows, total = await page(
+        conn,
+        table="alerts",
+        columns=_ALERT_COLUMNS,
+        filters=filters,
+        order="updated_at DESC, alert_id",
+        limit=limit,
+        offset=offset,
+    )
     return AlertPage(
         items=[AlertRead.model_validate(r) for r in rows],
-        total=int(total_row["n"]) if total_row else 0,
+        total=total,
         limit=limit,
         offset=offset,
     )

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import cast
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
 from services.deadletters.models import LetterPage, LetterRead
+from services.paging import Filters, page
 
 Conn = AsyncConnection[tuple[object, ...]]
 
@@ -28,30 +28,23 @@ async def list_(
     offset: int,
 ) -> LetterPage:
     """Dead letters matching the filters, newest first."""
-    where: list[sql.Composable] = []
-    params: list[object] = []
-    if source is not None:
-        where.append(sql.SQL("source = %s"))
-        params.append(source)
+    filters = Filters().equal([("source", source)])
     if since is not None:
-        where.append(sql.SQL("received_at >= %s"))
-        params.append(since)
+        filters.add("received_at >= %s", since)
     if replayed is not None:
-        where.append(sql.SQL("replayed_at IS NOT NULL" if replayed else "replayed_at IS NULL"))
-    clause = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql.SQL("SELECT count(*) AS n FROM dead_letters") + clause, params)
-        total = await cur.fetchone()
-        await cur.execute(
-            sql.SQL("SELECT {} FROM dead_letters").format(_COLUMNS)
-            + clause
-            + sql.SQL(" ORDER BY received_at DESC, letter_id DESC LIMIT %s OFFSET %s"),
-            [*params, limit, offset],
-        )
-        rows = await cur.fetchall()
+        filters.add("replayed_at IS NOT NULL" if replayed else "replayed_at IS NULL")
+    rows, total = await page(
+        conn,
+        table="dead_letters",
+        columns=_COLUMNS,
+        filters=filters,
+        order="received_at DESC, letter_id DESC",
+        limit=limit,
+        offset=offset,
+    )
     return LetterPage(
         items=[LetterRead.model_validate(r) for r in rows],
-        total=int(cast(int, total["n"])) if total else 0,
+        total=total,
         limit=limit,
         offset=offset,
     )

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
 from services.devices.models import DevicePage, DeviceRead, DeviceStatus, DeviceUpsert
+from services.paging import Filters, page
 
 Conn = AsyncConnection[tuple[object, ...]]
 
@@ -62,26 +62,21 @@ async def list_(
     offset: int,
 ) -> DevicePage:
     """Registered devices matching the filters, by id."""
-    where: list[sql.Composable] = []
-    params: list[object] = []
-    for column, value in (("district", district), ("device_type", device_type), ("status", status)):
-        if value is not None:
-            where.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
-            params.append(str(value))
-    clause = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql.SQL("SELECT count(*) AS n FROM devices") + clause, params)
-        total = await cur.fetchone()
-        await cur.execute(
-            sql.SQL("SELECT {} FROM devices").format(_COLUMNS)
-            + clause
-            + sql.SQL(" ORDER BY device_id LIMIT %s OFFSET %s"),
-            [*params, limit, offset],
-        )
-        rows = await cur.fetchall()
+    filters = Filters().equal(
+        [("district", district), ("device_type", device_type), ("status", status)]
+    )
+    rows, total = await page(
+        conn,
+        table="devices",
+        columns=_COLUMNS,
+        filters=filters,
+        order="device_id",
+        limit=limit,
+        offset=offset,
+    )
     return DevicePage(
         items=[DeviceRead.model_validate(r) for r in rows],
-        total=int(cast(int, total["n"])) if total else 0,
+        total=total,
         limit=limit,
         offset=offset,
     )

@@ -22,6 +22,7 @@ from services.history.models import (
     TransitionHistory,
     TransitionPage,
 )
+from services.paging import Filters, page
 from services.storage.layout import Layout
 
 Conn = AsyncConnection[tuple[object, ...]]
@@ -222,41 +223,28 @@ async def transitions(
     offset: int,
 ) -> TransitionPage:
     """Alert transitions matching the filters, newest first."""
-    where: list[sql.Composable] = []
-    params: list[object] = []
-    for column, value in (
-        ("indicator", indicator),
-        ("scope_id", scope_id),
-        ("level", level),
-        ("kind", kind),
-    ):
-        if value is not None:
-            where.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
-            params.append(str(value))
+    filters = Filters().equal(
+        [("indicator", indicator), ("scope_id", scope_id), ("level", level), ("kind", kind)]
+    )
     if start is not None:
-        where.append(sql.SQL("observed_at >= %s"))
-        params.append(start)
+        filters.add("observed_at >= %s", start)
     if end is not None:
-        where.append(sql.SQL("observed_at < %s"))
-        params.append(end)
-    clause = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql.SQL("SELECT count(*) AS n FROM alert_transitions") + clause, params)
-        total = await cur.fetchone()
-        await cur.execute(
-            sql.SQL(
-                "SELECT transition_id, alert_id, seq, kind, indicator, scope_level, scope_id, "
-                "level, previous_level, value, threshold, occurrences, observed_at "
-                "FROM alert_transitions"
-            )
-            + clause
-            + sql.SQL(" ORDER BY observed_at DESC, transition_id LIMIT %s OFFSET %s"),
-            [*params, limit, offset],
-        )
-        rows = await cur.fetchall()
+        filters.add("observed_at < %s", end)
+    rows, total = await page(
+        conn,
+        table="alert_transitions",
+        columns=sql.SQL(
+            "transition_id, alert_id, seq, kind, indicator, scope_level, scope_id, "
+            "level, previous_level, value, threshold, occurrences, observed_at"
+        ),
+        filters=filters,
+        order="observed_at DESC, transition_id",
+        limit=limit,
+        offset=offset,
+    )
     return TransitionPage(
         items=[TransitionHistory.model_validate(r) for r in rows],
-        total=int(cast(int, total["n"])) if total else 0,
+        total=total,
         limit=limit,
         offset=offset,
     )
