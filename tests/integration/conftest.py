@@ -22,6 +22,7 @@ from typing import TypeVar
 import httpx
 import psycopg
 import pytest
+from aiokafka import TopicPartition
 from pydantic import SecretStr
 
 from services.config import DatabaseSettings, KafkaSettings
@@ -226,7 +227,9 @@ def produce_raw(kafka: KafkaSettings, topic: str, values: list[bytes]) -> None:
 def read_topic(
     kafka: KafkaSettings, topic: str, *, at_least: int, timeout: float = 20.0
 ) -> list[bytes]:
-    """Every record value on a topic, waiting until there are at least ``at_least``."""
+    """Every record value on a topic, waiting until there are at least ``at_least`` and every
+    record already on the topic when it looked has been read (a slow machine must not make
+    it stop at the first batch)."""
     import asyncio
 
     from aiokafka import AIOKafkaConsumer
@@ -243,9 +246,19 @@ def read_topic(
         values: list[bytes] = []
         try:
             deadline = asyncio.get_running_loop().time() + timeout
-            while len(values) < at_least and asyncio.get_running_loop().time() < deadline:
+            ends: dict[TopicPartition, int] = {}
+            while asyncio.get_running_loop().time() < deadline:
                 batch = await consumer.getmany(timeout_ms=500)
                 values += [r.value for records in batch.values() for r in records if r.value]
+                assigned = consumer.assignment()
+                if assigned and not ends:
+                    ends = await consumer.end_offsets(list(assigned))
+                positions = [await consumer.position(tp) for tp in ends]
+                caught_up = bool(ends) and all(
+                    p >= end for p, end in zip(positions, ends.values(), strict=True)
+                )
+                if len(values) >= at_least and caught_up:
+                    break
         finally:
             await consumer.stop()
         return values
