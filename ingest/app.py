@@ -145,35 +145,33 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.openapi = lambda: _openapi_with_contracts(app)  # type: ignore[method-assign]
 
+    def unavailable(request: Request, reason: str) -> JSONResponse:
+        """503 with Retry-After, in Open311's error format on its paths."""
+        retry = {"Retry-After": str(settings.ingest.retry_after_seconds)}
+        if request.url.path.startswith(open311.BASE):
+            response = open311.error_response(503, reason)
+            response.headers.update(retry)
+            return response
+        return JSONResponse(status_code=503, content={"detail": reason}, headers=retry)
+
     @app.exception_handler(BrokerUnavailable)
     async def _broker_down(request: Request, exc: BrokerUnavailable) -> JSONResponse:
         log.warning("broker unavailable, answering 503: %s", exc)
-        return JSONResponse(
-            status_code=503,
-            content={
-                "detail": f"the message broker cannot take data now ({exc}); "
-                "nothing from this request was accepted, retry later"
-            },
-            headers={"Retry-After": str(settings.ingest.retry_after_seconds)},
+        return unavailable(
+            request,
+            f"the message broker cannot take data now ({exc}); "
+            "nothing from this request was accepted, retry later",
         )
 
     @app.exception_handler(RegistryUnavailable)
     async def _registry_down(request: Request, exc: RegistryUnavailable) -> JSONResponse:
-        return JSONResponse(
-            status_code=503,
-            content={"detail": f"{exc}; nothing from this request was accepted, retry later"},
-            headers={"Retry-After": str(settings.ingest.retry_after_seconds)},
-        )
+        return unavailable(request, f"{exc}; nothing from this request was accepted, retry later")
 
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(PoolTimeout)
     async def _db_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable, answering 503: %s", exc)
-        return JSONResponse(
-            status_code=503,
-            content={"detail": "cannot check the API key now (database unavailable); retry later"},
-            headers={"Retry-After": str(settings.ingest.retry_after_seconds)},
-        )
+        return unavailable(request, "the database is unavailable; retry later")
 
     @app.get("/health", tags=["health"])
     async def health() -> dict[str, str]:

@@ -32,6 +32,7 @@ def test_ingest_answers_503_while_the_broker_is_down_and_recovers(
     port = free_port()
     db_url = fresh_database(postgres)
     headers = {"Authorization": f"Bearer {issue_key(db_url, 'readings:write')}"}
+    hotline = issue_key(db_url, "tickets:write")
     env = stack_env(
         own_broker.bootstrap,
         db_url,
@@ -64,6 +65,14 @@ def test_ingest_answers_503_while_the_broker_is_down_and_recovers(
             assert down.status_code == 503, down.text
             assert down.headers["Retry-After"] == "7"
             assert "nothing from this request was accepted" in down.json()["detail"]
+            # Open311 clients get the same answer in Open311's error format.
+            ticket = client.post(
+                f"{base}/open311/v2/requests.json",
+                data={"api_key": hotline, "service_code": "gas.leak", "address_string": "x"},
+            )
+            assert ticket.status_code == 503, ticket.text
+            assert ticket.headers["Retry-After"] == "7"
+            assert ticket.json()[0]["code"] == 503
 
             own_broker.start()
             # The producer reconnects by itself; a retry after the advised wait goes through.
