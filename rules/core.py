@@ -79,13 +79,28 @@ def aggregate(
         empty_i = np.zeros(0, dtype=np.int64)
         return WindowValues(empty_i, empty_i, np.zeros(0, dtype=np.float64), empty_i)
     start = window_starts(ts, window_ms)
-    if not _grouped_in_time_order(scope, start, ts, value):
-        order = np.lexsort((value, ts, start, scope))
-        scope, start, ts, value = scope[order], start[order], ts[order], value[order]
+    # One int64 key per (scope, window): a single sort key instead of two.
+    low = int(start.min())
+    span = (int(start.max()) - low) // window_ms + 1
+    key = scope * span + (start - low) // window_ms
+    in_order = aggregation in (Aggregation.LAST, Aggregation.RATE_OF_CHANGE)
+    if in_order and not _grouped_in_time_order(key, ts, value):
+        order = np.lexsort((value, ts, key))
+    elif not in_order and (np.diff(key) < 0).any():
+        order = np.argsort(key, kind="stable")
+    else:
+        order = None
+    if order is not None:
+        key, scope, start, ts, value = (
+            key[order],
+            scope[order],
+            start[order],
+            ts[order],
+            value[order],
+        )
     new = np.empty(n, dtype=np.bool_)
     new[0] = True
-    np.not_equal(scope[1:], scope[:-1], out=new[1:])
-    new[1:] |= start[1:] != start[:-1]
+    np.not_equal(key[1:], key[:-1], out=new[1:])
     first = np.flatnonzero(new)
     last = np.empty_like(first)
     last[:-1] = first[1:] - 1
@@ -111,18 +126,14 @@ def aggregate(
     return WindowValues(scope[first], start[first], out.astype(np.float64), count)
 
 
-def _grouped_in_time_order(scope: I64, start: I64, ts: I64, value: F64) -> bool:
-    """Whether the batch is already sorted by (scope, start, ts, value): no sort needed then."""
-    if scope.shape[0] < 2:
+def _grouped_in_time_order(key: I64, ts: I64, value: F64) -> bool:
+    """Whether the batch is already sorted by (key, ts, value): no sort needed then."""
+    if key.shape[0] < 2:
         return True
-    ds = np.diff(scope)
-    if (ds < 0).any():
+    dk = np.diff(key)
+    if (dk < 0).any():
         return False
-    same = ds == 0
-    dw = np.diff(start)
-    if (same & (dw < 0)).any():
-        return False
-    same &= dw == 0
+    same = dk == 0
     dt = np.diff(ts)
     if (same & (dt < 0)).any():
         return False

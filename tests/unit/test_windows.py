@@ -94,3 +94,32 @@ def test_indicator_value_record_of_a_window() -> None:
     assert record.level is Level.ORANGE
     assert (record.window_end - record.window_start).total_seconds() == 60
     assert record == indicator_value(depth(), "dev-1", 2 * MINUTE, 31.0, 4)
+
+
+def test_preview_equals_stepping_every_window() -> None:
+    import numpy as np
+
+    from rules import core
+    from rules.preview import preview
+
+    rng = np.random.default_rng(3)
+    indicator = depth(for_seconds=120, clear_for_seconds=60)
+    n = 4_000
+    scope = rng.integers(0, 5, n).astype(np.int64)
+    ts = rng.integers(0, 600 * MINUTE, n).astype(np.int64)
+    value = np.where(rng.random(n) < 0.2, rng.uniform(0, 60, n), rng.uniform(0, 8, n))
+    ids = [f"dev-{i}" for i in range(5)]
+    fast = preview(indicator, ids, scope, ts, value)
+    windows = core.aggregate(scope, ts, value, MINUTE, indicator.aggregation)
+    slow: list[AlertTransition] = []
+    states: dict[int, ScopeState] = {}
+    for i in range(len(windows)):
+        s = int(windows.scope[i])
+        state, transition = step(
+            indicator, ids[s], states.get(s, ScopeState()), int(windows.start[i]), windows.value[i]
+        )
+        states[s] = state
+        if transition is not None:
+            slow.append(transition)
+    assert len(slow) > 20
+    assert fast.transitions == slow
