@@ -18,6 +18,7 @@ from services.auth.views import router as keys_router
 from services.config import Settings
 from services.db import make_pool
 from services.history.views import router as history_router
+from services.indicators.views import router as indicators_router
 from services.readings.views import router as readings_router
 
 
@@ -65,4 +66,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(readings_router)
     app.include_router(history_router)
     app.include_router(keys_router)
+    app.include_router(indicators_router)
     return app

@@ -117,3 +117,62 @@ def test_versions_rollback_emergency_and_preview(postgres: LocalPostgres, tmp_pa
     assert "resolved" in lines[2]
     expected = Catalogue.from_yaml().by_code["water.waterlogging_depth"]
     assert expected.thresholds.orange == 30
+
+
+def test_api_changes_need_admin_and_are_versioned(postgres: LocalPostgres, workdir: Path) -> None:
+    import httpx
+
+    from services.local.processes import free_port
+    from tests.integration.conftest import serving
+
+    port = free_port()
+    env = stack_env(
+        "127.0.0.1:1", fresh_database(postgres), "defsapi", CITY_VITALS_API__PORT=str(port)
+    )
+    ok(env, "indicators", "load", "--reason", "initial")
+    key = ok(env, "keys", "issue", "--name", "ops", "--scope", "admin").strip()
+    admin = {"Authorization": f"Bearer {key}"}
+    with serving("api", env, port, workdir / "defs-api.log") as url, httpx.Client() as http:
+        live = http.get(f"{url}/api/v1/indicators").json()
+        assert live["version"] == 43
+        assert len(live["indicators"]) == 43
+        definition = next(i for i in live["indicators"] if i["code"] == "traffic.road_speed")
+        tighter = {**definition, "for_seconds": 600}
+        body = {"definition": tighter, "reason": "peak hours"}
+        assert http.put(f"{url}/api/v1/indicators/traffic.road_speed", json=body).status_code == 401
+        put = http.put(f"{url}/api/v1/indicators/traffic.road_speed", json=body, headers=admin)
+        assert put.status_code == 201, put.text
+        assert put.json() == {"version": 44}
+        # A bad definition is a 422 naming the field, never stored.
+        bad = {"definition": {**definition, "thresholds": {}}, "reason": "x"}
+        refused = http.put(f"{url}/api/v1/indicators/traffic.road_speed", json=bad, headers=admin)
+        assert refused.status_code == 422
+        assert "thresholds" in refused.text
+        diff = http.get(
+            f"{url}/api/v1/indicators/traffic.road_speed/compare", params={"old": 8, "new": 44}
+        )
+        assert diff.status_code == 200, diff.text
+        assert diff.json() == {"for_seconds": {"old": 300, "new": 600}}
+        back = http.post(
+            f"{url}/api/v1/indicators/traffic.road_speed/rollback",
+            json={"version": 8, "reason": "undo"},
+            headers=admin,
+        )
+        assert back.json() == {"version": 45}
+        versions = http.get(f"{url}/api/v1/indicators/traffic.road_speed/versions").json()
+        assert [v["version"] for v in versions] == [45, 44, 8]
+        switched = http.post(
+            f"{url}/api/v1/emergency",
+            json={"scope": "city", "active": True, "reason": "台风"},
+            headers=admin,
+        )
+        assert switched.status_code == 201
+        state = http.get(f"{url}/api/v1/emergency").json()
+        assert [(s["scope"], s["active"], s["reason"]) for s in state] == [("city", True, "台风")]
+        assert state[0]["changed_by"].startswith("key:")
+        window = {"start": "2026-07-01T00:00:00Z", "end": "2026-06-01T00:00:00Z"}
+        wrong = http.post(
+            f"{url}/api/v1/indicators/preview", json={"definition": tighter, **window}
+        )
+        assert wrong.status_code == 422
+        assert "end" in wrong.text
