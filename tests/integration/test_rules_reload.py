@@ -44,9 +44,11 @@ def test_definitions_and_emergency_mode_apply_without_restart(
     cli(stack, "indicators", "load", "--reason", "initial")
     eventually(lambda: "definitions version 43" in stack.log("rules"))
 
-    # 7 cm is normal (blue at 10) ...
+    # Before the switch tianhe is judged by the normal thresholds (blue at 10) ...
     calm = f"wl-{uuid.uuid4().hex[:6]}"
-    send(stack, client, calm, 7.0, "tianhe")
+    send(stack, client, calm, 12.0, "tianhe")
+    [before] = eventually(lambda: firing_alerts(client, stack, calm))
+    assert before["threshold"] == 10.0
     # ... until emergency mode tightens blue to 5 cm in that district only.
     cli(stack, "emergency", "tianhe", "on", "--reason", "暴雨红色预警")
     eventually(lambda: "emergency: tianhe" in stack.log("rules"))
@@ -60,4 +62,3 @@ def test_definitions_and_emergency_mode_apply_without_restart(
     # A district still in normal mode is judged by the normal thresholds (blue at 10).
     [normal] = eventually(lambda: firing_alerts(client, stack, other))
     assert normal["threshold"] == 10.0
-    assert firing_alerts(client, stack, calm) == []
