@@ -104,6 +104,13 @@ def aggregate(
     new[0] = True
     np.not_equal(key[1:], key[:-1], out=new[1:])
     first = np.flatnonzero(new)
+    if first.shape[0] == n:  # one reading per window (e.g. 1-minute history): no reductions
+        ones = np.ones(n, dtype=np.int64)
+        if aggregation is Aggregation.COUNT:
+            return WindowValues(scope, start, ones.astype(np.float64), ones)
+        if aggregation is Aggregation.RATE_OF_CHANGE:
+            return WindowValues(scope, start, np.zeros(n, dtype=np.float64), ones)
+        return WindowValues(scope, start, value.astype(np.float64, copy=False), ones)
     last = np.empty_like(first)
     last[:-1] = first[1:] - 1
     last[-1] = n - 1
