@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from rules.indicators import Catalogue, Indicator
+from rules.indicators import Catalogue, Indicator, Profile
 from schemas.alerts import AlertTransition, Level, ScopeLevel, TransitionKind
 from schemas.readings import SensorReading
 
@@ -124,11 +124,38 @@ class Evaluator:
     def __init__(self, catalogue: Catalogue) -> None:
         self.catalogue = catalogue
         self.open: dict[ScopeKey, OpenAlert] = {}
+        # Emergency mode (平急): the emergency catalogue applies to readings from these districts
+        # (every district when the whole city is switched).
+        self.emergency: Catalogue | None = None
+        self.emergency_districts: frozenset[str] = frozenset()
+        self.city_emergency = False
+
+    def use(
+        self,
+        catalogue: Catalogue,
+        *,
+        emergency_districts: frozenset[str] = frozenset(),
+        city_emergency: bool = False,
+    ) -> None:
+        """Switch to new definitions and emergency scopes; open alerts carry over by code."""
+        self.catalogue = catalogue
+        self.emergency = Catalogue(
+            i.with_profile(Profile.EMERGENCY) for i in catalogue.by_code.values()
+        )
+        self.emergency_districts = emergency_districts
+        self.city_emergency = city_emergency
+
+    def _catalogue_for(self, reading: SensorReading) -> Catalogue:
+        if self.emergency is None:
+            return self.catalogue
+        if self.city_emergency or reading.location.district in self.emergency_districts:
+            return self.emergency
+        return self.catalogue
 
     def apply(self, reading: SensorReading) -> list[AlertTransition]:
         """Evaluate one reading against every indicator that reads its metric."""
         out: list[AlertTransition] = []
-        for indicator in self.catalogue.by_metric.get(reading.metric, ()):
+        for indicator in self._catalogue_for(reading).by_metric.get(reading.metric, ()):
             scope_id = scope_id_for(indicator, reading)
             if scope_id is None:
                 continue

@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -541,6 +542,161 @@ def schemas(check: bool) -> None:
         return
     for path in registry.write():
         click.echo(f"wrote {path}")
+
+
+@main.group()
+def indicators() -> None:
+    """Indicator definitions in PostgreSQL: load, list, history, compare, roll back, preview."""
+
+
+def _who() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+@indicators.command("load")
+@click.option("--file", "path", type=click.Path(path_type=Path, exists=True), default=None)
+@click.option("--reason", required=True, help="Why (kept in the version history).")
+@click.pass_context
+def indicators_load(ctx: click.Context, path: Path | None, reason: str) -> None:
+    """Load a YAML catalogue (the bundled one by default); only changed indicators get a version."""
+    from rules.indicators import Catalogue
+    from services.indicators import store
+
+    try:
+        catalogue = Catalogue.from_yaml(path)
+    except (ValidationError, ValueError) as exc:
+        raise click.BadParameter(str(exc)) from exc
+    changed = _with_db(
+        ctx, lambda conn: store.load_catalogue(conn, catalogue, by=_who(), reason=reason)
+    )
+    click.echo(f"{changed} of {len(catalogue)} indicators changed")
+
+
+@indicators.command("list")
+@click.pass_context
+def indicators_list(ctx: click.Context) -> None:
+    """The live definitions and the version they are as of."""
+    from services.indicators import store
+
+    at, catalogue = _with_db(ctx, store.current)
+    click.echo(f"version {at}")
+    for code, ind in sorted(catalogue.by_code.items()):
+        click.echo(
+            f"{code:<44} {ind.scope_level.value:<9} {ind.aggregation.value:<15} {ind.name_zh}"
+        )
+
+
+@indicators.command("history")
+@click.argument("code")
+@click.pass_context
+def indicators_history(ctx: click.Context, code: str) -> None:
+    """Every version of one indicator: who, when, why."""
+    from services.indicators import store
+
+    for v in _with_db(ctx, lambda conn: store.history(conn, code)):
+        state = "retired" if v.definition is None else "defined"
+        click.echo(
+            f"{v.version:>8} {v.changed_at:%Y-%m-%d %H:%M:%S} {v.changed_by:<20} {state} {v.reason}"
+        )
+
+
+@indicators.command("compare")
+@click.argument("code")
+@click.argument("old", type=int)
+@click.argument("new", type=int)
+@click.pass_context
+def indicators_compare(ctx: click.Context, code: str, old: int, new: int) -> None:
+    """Fields that differ between two versions of one indicator."""
+    from services.indicators import store
+
+    found = {v.version: v for v in _with_db(ctx, lambda conn: store.history(conn, code))}
+    for version in (old, new):
+        if version not in found:
+            raise click.ClickException(f"{code} has no version {version}")
+    for field, (a, b) in store.compare(found[old].definition, found[new].definition).items():
+        click.echo(f"{field}: {a!r} -> {b!r}")
+
+
+@indicators.command("rollback")
+@click.argument("code")
+@click.argument("version", type=int)
+@click.option("--reason", required=True)
+@click.pass_context
+def indicators_rollback(ctx: click.Context, code: str, version: int, reason: str) -> None:
+    """Make an earlier version live again (as a new version)."""
+    from services.indicators import store
+
+    new = _with_db(ctx, lambda conn: store.rollback(conn, code, version, by=_who(), reason=reason))
+    if new is None:
+        raise click.ClickException(f"{code} has no version {version}")
+    click.echo(f"{code} is version {version}'s definition again as version {new}")
+
+
+@indicators.command("preview")
+@click.argument("code")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(path_type=Path, exists=True),
+    default=None,
+    help="A YAML file with one candidate definition (default: the live one).",
+)
+@click.option("--start", type=click.DateTime(), required=True, help="UTC.")
+@click.option("--end", type=click.DateTime(), required=True, help="UTC.")
+@click.pass_context
+def indicators_preview(
+    ctx: click.Context, code: str, path: Path | None, start: datetime, end: datetime
+) -> None:
+    """The alerts a definition would have raised over stored readings."""
+    import yaml
+
+    from rules.indicators import Indicator
+    from rules.preview import Preview
+    from services.indicators import store
+
+    given = None if path is None else yaml.safe_load(path.read_text("utf-8"))
+
+    async def work(conn: AsyncConn) -> object:
+        if given is None:
+            _, catalogue = await store.current(conn)
+            if code not in catalogue.by_code:
+                raise click.ClickException(f"no live indicator {code}")
+            candidate = catalogue.by_code[code]
+        else:
+            try:
+                candidate = Indicator.model_validate(given)
+            except ValidationError as exc:
+                raise click.BadParameter(describe_errors(exc)) from exc
+        return await store.backtest(
+            conn, candidate, start.replace(tzinfo=UTC), end.replace(tzinfo=UTC)
+        )
+
+    result = _with_db(ctx, work)
+    assert isinstance(result, Preview)
+    click.echo(f"{len(result.windows)} windows, {len(result.transitions)} transitions")
+    for t in result.transitions:
+        click.echo(
+            f"{t.observed_at:%Y-%m-%d %H:%M} {t.scope_id:<20} {t.kind.value:<14} "
+            f"{t.level.value if t.level else '-':<7} {t.value:g}"
+        )
+
+
+@main.command()
+@click.argument("scope")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@click.option("--reason", required=True)
+@click.pass_context
+def emergency(ctx: click.Context, scope: str, state: str, reason: str) -> None:
+    """Switch emergency mode (平急切换) on or off for a district, or 'city' for all of it."""
+    from services.indicators import store
+
+    version = _with_db(
+        ctx,
+        lambda conn: store.set_emergency(
+            conn, scope, active=state == "on", by=_who(), reason=reason
+        ),
+    )
+    click.echo(f"emergency {state} for {scope} (version {version})")
 
 
 if __name__ == "__main__":

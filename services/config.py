@@ -105,6 +105,11 @@ class RulesSettings(_Section):
         default=None, description="Indicator catalogue YAML; the bundled default when unset."
     )
     consumer_group: str = "city-vitals-rules"
+    definitions_poll_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often the engine polls PostgreSQL's definitions version (hot reload).",
+    )
 
 
 class WriterSettings(_Section):

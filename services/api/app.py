@@ -19,6 +19,7 @@ from services.config import Settings
 from services.db import make_pool
 from services.devices.views import router as devices_router
 from services.history.views import router as history_router
+from services.indicators.views import router as indicators_router
 from services.readings.views import router as readings_router
 
 
@@ -67,4 +68,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(history_router)
     app.include_router(devices_router)
     app.include_router(keys_router)
+    app.include_router(indicators_router)
     return app

@@ -162,6 +162,15 @@ async def series(
     )
 
 
+def _worst_first(indicator: Indicator) -> tuple[sql.Composable, list[object]]:
+    """ORDER BY terms putting a scope's worst value first: the highest for upward indicators,
+    the lowest for downward ones, the farthest out of the band for banded ones."""
+    if indicator.direction is Direction.OUTSIDE and indicator.band is not None:
+        band = indicator.band
+        return sql.SQL("greatest(%s - value, value - %s) DESC"), [band.low, band.high]
+    return sql.SQL("value DESC" if indicator.direction is Direction.ABOVE else "value ASC"), []
+
+
 async def latest(
     conn: Conn,
     *,
@@ -184,15 +193,15 @@ async def latest(
         if scope_id is not None and level is not ScopeLevel.CITY:
             where += sql.SQL(" AND {} = %s").format(sql.Identifier(SCOPE_COLUMN[level]))
             params.append(scope_id)
-        worst = sql.SQL("DESC" if indicator.direction is Direction.ABOVE else "ASC")
+        worst, worst_params = _worst_first(indicator)
         query = sql.SQL(
             "SELECT DISTINCT ON (scope) scope, value, ts, device_id FROM ("
             " SELECT DISTINCT ON (device_id) {scope} AS scope, value, ts, device_id"
             " FROM readings WHERE {where} ORDER BY device_id, ts DESC"
-            ") newest WHERE scope IS NOT NULL ORDER BY scope, value {worst} LIMIT %s"
+            ") newest WHERE scope IS NOT NULL ORDER BY scope, {worst} LIMIT %s"
         ).format(scope=scope, where=where, worst=worst)
         async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(query, [*params, limit + 1])
+            await cur.execute(query, [*params, *worst_params, limit + 1])
             rows = await cur.fetchall()
         truncated = truncated or len(rows) > limit
         items += [

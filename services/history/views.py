@@ -34,6 +34,12 @@ def _indicator(catalogue: CatalogueDep, code: str) -> Indicator:
     indicator = catalogue.by_code.get(code)
     if indicator is None:
         raise HTTPException(404, f"unknown indicator {code!r}")
+    if indicator.metric is None:
+        # Ticket-count indicators have no readings to bucket; the rules engine's indicator
+        # values will carry their history.
+        raise HTTPException(
+            422, f"{code} counts 12345 tickets: its history is not served from readings yet"
+        )
     return indicator
 
 

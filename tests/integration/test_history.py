@@ -51,6 +51,16 @@ indicators:
     scope_level: district
     direction: below
     thresholds: {blue: 30, red: 5}
+  - code: hotline.flooding
+    name_zh: 积水投诉
+    name_en: Flooding calls
+    domain: hotline
+    unit: tickets
+    source: tickets
+    ticket_categories: [drainage.waterlogging]
+    scope_level: district
+    aggregation: count
+    thresholds: {blue: 2, red: 20}
 """
 
 # (device, district): readings every 30 s for three hours, value = minute index + device offset.
@@ -312,6 +322,8 @@ def test_latest_shows_the_worst_device_per_scope(api: str, client: httpx.Client)
         ),
         ("series", {"indicator": "water.depth", "scope_id": "x", "bucket": "7m"}, 422, "bucket"),
         ("latest", {"indicator": "nope.nothing"}, 404, "unknown indicator"),
+        ("latest", {"indicator": "hotline.flooding"}, 422, "counts 12345 tickets"),
+        ("series", {"indicator": "hotline.flooding", "scope_id": "x"}, 422, "counts 12345"),
         ("latest", {}, 422, "indicator"),
         ("alerts", {"start": NOW.isoformat(), "end": START.isoformat()}, 422, "after start"),
         ("alerts", {"limit": 5000}, 422, "limit"),

@@ -107,3 +107,86 @@ def test_a_catalogue_without_indicators_is_refused(tmp_path: Path) -> None:
     path.write_text("- just a list\n")
     with pytest.raises(ValueError, match="mapping"):
         Catalogue.from_yaml(path)
+
+
+def test_default_catalogue_covers_every_domain_with_at_least_40_indicators() -> None:
+    from rules.indicators import Aggregation, Domain, Source
+
+    catalogue = Catalogue.from_yaml()
+    assert len(catalogue) >= 40
+    found = list(catalogue.by_code.values())
+    assert {i.domain for i in found} == set(Domain)
+    assert {i.aggregation for i in found} == set(Aggregation)
+    assert any(i.source is Source.TICKETS for i in found)
+    assert any(i.direction is Direction.OUTSIDE for i in found)
+    assert catalogue.by_ticket_category["drainage.waterlogging"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"metric": None}, "metric"),
+        ({"source": "tickets"}, "ticket_categories"),
+        (
+            {"source": "tickets", "metric": None, "ticket_categories": ["noise"]},
+            "aggregation",
+        ),
+        ({"direction": "outside"}, "band"),
+        ({"band": {"low": 1, "high": 2}}, "band"),
+        (
+            {"direction": "outside", "band": {"low": 3, "high": 2}},
+            "band",
+        ),
+        ({"window_seconds": 0}, "window_seconds"),
+        ({"for_seconds": -1}, "for_seconds"),
+        ({"aggregation": "median"}, "aggregation"),
+        ({"emergency": {"thresholds": {"blue": 9, "yellow": 3}}}, "emergency.thresholds"),
+    ],
+)
+def test_invalid_definitions_name_the_field_at_fault(change: dict[str, object], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        indicator(**change)
+    text = str(caught.value)
+    assert field in text
+
+
+def test_outside_band_levels_are_distances_from_the_band() -> None:
+    band = indicator(
+        direction="outside",
+        band={"low": 209, "high": 231},
+        thresholds={"blue": 11, "yellow": 22, "orange": 33, "red": 44},
+        hysteresis=2,
+    )
+    assert band.level_for(220) == (None, None)
+    assert band.level_for(242) == (Level.BLUE, 11)
+    assert band.level_for(187) == (Level.YELLOW, 22)
+    assert band.level_for(150) == (Level.RED, 44)
+    assert not band.clears(240.5)  # distance 9.5 is not under 11 - 2
+    assert band.clears(239.9)
+
+
+def test_emergency_profile_overrides_only_what_it_names() -> None:
+    from rules.indicators import Profile
+
+    normal = indicator(emergency={"thresholds": {"blue": 5, "red": 40}, "for_seconds": 30})
+    urgent = normal.with_profile(Profile.EMERGENCY)
+    assert urgent.level_for(6) == (Level.BLUE, 5)
+    assert normal.level_for(6) == (None, None)
+    assert urgent.for_seconds == 30
+    assert urgent.hysteresis == normal.hysteresis
+    assert normal.with_profile(Profile.NORMAL) is normal
+
+
+def test_ticket_indicators_count_services_of_the_12345_taxonomy() -> None:
+    from ingest.taxonomy import taxonomy
+
+    services = {s.code for c in taxonomy().categories for s in c.services}
+    catalogue = Catalogue.from_yaml()
+    counted = {
+        code
+        for indicator in catalogue.by_code.values()
+        if indicator.ticket_categories
+        for code in indicator.ticket_categories
+    }
+    assert counted
+    assert counted <= services, counted - services
