@@ -34,7 +34,11 @@ def cli(stack: Stack, *args: str) -> str:
 def send(stack: Stack, client: httpx.Client, device: str, value: float, district: str) -> None:
     at = datetime.now(UTC) + timedelta(seconds=1)
     body = [{**reading(device, value, at), "location": {"district": district}}]
-    response = client.post(f"{stack.ingest_url}/api/v1/readings", json=body)
+    response = client.post(
+        f"{stack.ingest_url}/api/v1/readings",
+        json=body,
+        headers={"Authorization": f"Bearer {stack.key}"},
+    )
     assert response.status_code == 202, response.text
 
 
