@@ -43,6 +43,38 @@ def transition_id_for(alert_id: uuid.UUID, seq: int) -> uuid.UUID:
     return uuid.uuid5(_ALERT_NS, f"{alert_id}|{seq}")
 
 
+def transition(
+    indicator: Indicator,
+    scope_id: str,
+    alert: OpenAlert,
+    kind: TransitionKind,
+    previous: Level | None,
+    to: Level | None,
+    value: float,
+    threshold: float | None,
+    observed_at: datetime,
+    reading_id: uuid.UUID | None = None,
+) -> AlertTransition:
+    """The record of one alert transition (its id follows from the alert and its seq)."""
+    return AlertTransition(
+        transition_id=transition_id_for(alert.alert_id, alert.seq),
+        alert_id=alert.alert_id,
+        seq=alert.seq,
+        kind=kind,
+        indicator=indicator.code,
+        scope_level=indicator.scope_level,
+        scope_id=scope_id,
+        level=to,
+        previous_level=previous,
+        value=value,
+        threshold=threshold,
+        occurrences=alert.occurrences,
+        opened_at=alert.opened_at,
+        observed_at=observed_at,
+        reading_id=reading_id,
+    )
+
+
 def scope_id_for(indicator: Indicator, reading: SensorReading) -> str | None:
     """The scope a reading counts towards for this indicator, None when it has no such place."""
     match indicator.scope_level:
@@ -72,23 +104,10 @@ def evaluate(
         to: Level | None,
         crossed: float | None,
     ) -> AlertTransition:
-        return AlertTransition(
-            transition_id=transition_id_for(new.alert_id, new.seq),
-            alert_id=new.alert_id,
-            seq=new.seq,
-            kind=kind,
-            indicator=indicator.code,
-            scope_level=indicator.scope_level,
-            scope_id=scope_id,
-            level=to,
-            previous_level=previous,
-            value=value,
-            threshold=crossed,
-            occurrences=new.occurrences,
-            opened_at=new.opened_at,
-            observed_at=reading.ts,
-            reading_id=reading.reading_id,
-        )
+        return transition(
+            indicator, scope_id, new, kind, previous, to, value, crossed, reading.ts,
+            reading.reading_id,
+        )  # fmt: skip
 
     if state is None:
         if level is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from rules.evaluate import OpenAlert, alert_id_for, transition_id_for
+from rules.evaluate import OpenAlert, alert_id_for, transition
 from rules.indicators import Indicator
 from schemas.alerts import AlertTransition, Level, TransitionKind
 from schemas.indicator_values import IndicatorValue, value_id_for
@@ -68,21 +68,9 @@ def step(
     def emit(
         kind: TransitionKind, alert: OpenAlert, previous: Level | None, to: Level | None
     ) -> AlertTransition:
-        return AlertTransition(
-            transition_id=transition_id_for(alert.alert_id, alert.seq),
-            alert_id=alert.alert_id,
-            seq=alert.seq,
-            kind=kind,
-            indicator=indicator.code,
-            scope_level=indicator.scope_level,
-            scope_id=scope_id,
-            level=to,
-            previous_level=previous,
-            value=value,
-            threshold=threshold if to is not None else indicator.clear_threshold,
-            occurrences=alert.occurrences,
-            opened_at=alert.opened_at,
-            observed_at=_at(end_ms),
+        crossed = threshold if to is not None else indicator.clear_threshold
+        return transition(
+            indicator, scope_id, alert, kind, previous, to, value, crossed, _at(end_ms)
         )
 
     alert = state.open

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Body, HTTPException, Path, Query
 
 from schemas.base import CODE_PATTERN
 from services.api.deps import MAX_PAGE_SIZE, ConnDep
@@ -28,12 +28,10 @@ OptionalCode = Annotated[str | None, Query(max_length=64, pattern=CODE_PATTERN)]
 async def register_devices(
     conn: ConnDep,
     admin: AdminDep,
-    body: Annotated[list[DeviceUpsert], "devices"],
+    body: Annotated[list[DeviceUpsert], Body(min_length=1, max_length=10_000)],
 ) -> ImportResult:
-    """Create or replace device records (up to 10,000 at once); ingest sees them within
+    """Create or replace device records (1 to 10,000 at once); ingest sees them within
     seconds."""
-    if not 1 <= len(body) <= 10_000:
-        raise HTTPException(422, "send between 1 and 10,000 devices")
     count = await service.upsert_many(conn, devices=body, by=f"key:{admin.key_id}")
     return ImportResult(registered=count)
 
