@@ -1,95 +1,234 @@
-"""The rules engine process: readings in, alert transitions out, through the pure core."""
+"""The rules engine process: readings and tickets in, alert transitions and indicator values
+out, through the pure engine (rules/engine.py).
+
+Commit discipline: a batch's outputs are produced; every ``rules.commit_seconds`` the producer's
+acknowledgements are awaited and then each task's snapshot is saved with the offset it has
+consumed, in one PostgreSQL transaction. On (re)assignment a task resumes from its snapshot
+and offset, so a crash replays at most the records after the last save, and the pure engine
+re-emits exactly what it emitted before (same ids): downstream stores them once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
+from typing import Any
 
+import psycopg
 from aiokafka import AIOKafkaProducer, TopicPartition
-from pydantic import ValidationError
 
-from rules.evaluate import Evaluator
-from rules.indicators import Catalogue
-from schemas.base import describe_errors
-from schemas.readings import SensorReading
+from rules import state
+from rules.engine import Definitions, Output, RollupTask, SourceTask, encode_tick
+from rules.indicators import Catalogue, Source
+from schemas.topics import Topics
 from services.config import Settings
-from services.kafka import Batch, dead_letter, encode, make_producer, run_consumer, wait_for_broker
+from services.kafka import (
+    TICK_HEADER,
+    Batch,
+    Fenced,
+    dead_letter,
+    encode,
+    is_tick,
+    make_producer,
+    run_consumer,
+    wait_for_broker,
+)
 
 log = logging.getLogger(__name__)
 
 SOURCE = "rules"
+Task = SourceTask | RollupTask
 
 
 class RulesHandler:
-    """Keeps one evaluator per owned partition, so state moves with its partition."""
+    """The engine tasks of the partitions this member owns, and their saving."""
 
-    def __init__(
-        self, settings: Settings, catalogue: Catalogue, producer: AIOKafkaProducer
-    ) -> None:
-        self.topics = settings.kafka.topics
-        self.catalogue = catalogue
+    def __init__(self, settings: Settings, defs: Definitions, producer: AIOKafkaProducer) -> None:
+        self.settings = settings
+        self.topics: Topics = settings.kafka.topics
+        self.group = settings.rules.consumer_group
+        self.url = settings.db.url.get_secret_value()
+        self.defs = defs
         self.producer = producer
-        self.evaluators: dict[TopicPartition, Evaluator] = {}
+        self.sources = {Source.SENSOR: self.topics.readings, Source.TICKETS: self.topics.tickets}
+        self.tasks: dict[TopicPartition, Task] = {}
+        self.stored: dict[TopicPartition, int | None] = {}  # offset in PostgreSQL (CAS)
+        self.position: dict[TopicPartition, int] = {}  # next offset the task will consume
+        self.dirty: set[TopicPartition] = set()
+        self.last_record: dict[TopicPartition, float] = {}  # wall clock, for ticks
+        self.pending: list[asyncio.Future[Any]] = []
+        self.saved_at = time.monotonic()
+        self.saving = asyncio.Lock()
+        self.late = 0
 
-        self.emergency_districts: frozenset[str] = frozenset()
-        self.city_emergency = False
+    def use(self, defs: Definitions) -> None:
+        """New definitions or emergency scopes, applied from the next batch on."""
+        self.defs = defs
 
-    def use(
-        self, catalogue: Catalogue, emergency_districts: frozenset[str], city_emergency: bool
-    ) -> None:
-        """New definitions or emergency scopes, applied from the next reading on."""
-        self.catalogue = catalogue
-        self.emergency_districts = emergency_districts
-        self.city_emergency = city_emergency
-        for evaluator in self.evaluators.values():
-            self._configure(evaluator)
+    # -- assignment ---------------------------------------------------------------------
 
-    def _configure(self, evaluator: Evaluator) -> Evaluator:
-        evaluator.use(
-            self.catalogue,
-            emergency_districts=self.emergency_districts,
-            city_emergency=self.city_emergency,
-        )
-        return evaluator
-
-    def _evaluator(self, tp: TopicPartition) -> Evaluator:
-        found = self.evaluators.get(tp)
-        if found is None:
-            found = self.evaluators[tp] = self._configure(Evaluator(self.catalogue))
-        return found
+    async def _new_task(self, tp: TopicPartition) -> Task:
+        if tp.topic == self.topics.rollup:
+            return RollupTask(topics=self.sources)
+        source = Source.SENSOR if tp.topic == self.topics.readings else Source.TICKETS
+        partitions = await self.producer.partitions_for(tp.topic)
+        return SourceTask(tp.topic, tp.partition, len(partitions), source)
 
     async def assigned(self, partitions: set[TopicPartition]) -> Mapping[TopicPartition, int]:
+        """Restore each task from its snapshot; resume from the offset saved with it."""
+        backoff = 0.5
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=5
+                ) as conn:
+                    kept = await state.load(conn, self.group, partitions)
+                break
+            except psycopg.OperationalError as exc:
+                # Without the snapshot we cannot know where to resume: wait for PostgreSQL.
+                log.warning("cannot load engine state (retrying in %.1f s): %s", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+        resume: dict[TopicPartition, int] = {}
         for tp in partitions:
-            self._evaluator(tp)
-        return {}
+            offset, task = kept.get(tp, (None, None))
+            if offset is not None and task is None:
+                log.warning("snapshot of %s is of an older format: replaying its partition", tp)
+            if task is None:
+                task = await self._new_task(tp)
+                offset_from = 0
+            else:
+                offset_from = offset or 0
+            assert isinstance(task, SourceTask | RollupTask)
+            self.tasks[tp] = task
+            self.stored[tp] = offset
+            self.position[tp] = resume[tp] = offset_from
+            self.last_record[tp] = time.monotonic()
+        log.info("engine tasks restored: %s", ", ".join(f"{t.topic}:{t.partition}" for t in resume))
+        return resume
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
-        for tp in partitions:
-            self.evaluators.pop(tp, None)
+        """Save what is leaving so the next owner starts from here, then drop it."""
+        mine = {tp for tp in partitions if tp in self.tasks}
+        with contextlib.suppress(Fenced):
+            await self.save(mine)
+        for tp in mine:
+            for table in (self.tasks, self.stored, self.position, self.last_record):
+                table.pop(tp, None)
+            self.dirty.discard(tp)
+
+    # -- processing ---------------------------------------------------------------------
 
     async def handle(self, batch: Batch) -> None:
-        sends = []
         for tp, records in batch.items():
-            evaluator = self._evaluator(tp)
-            for record in records:
-                raw = record.value or b""
-                try:
-                    reading = SensorReading.model_validate_json(raw)
-                except ValidationError as exc:
-                    letter = dead_letter(SOURCE, describe_errors(exc), raw, record)
-                    sends.append(await self.producer.send(self.topics.dead_letter, encode(letter)))
-                    continue
-                for transition in evaluator.apply(reading):
-                    sends.append(
-                        await self.producer.send(
-                            self.topics.alerts, encode(transition), key=transition.key
-                        )
-                    )
-        # Effects first: every transition acknowledged by the broker before offsets move on.
-        if sends:
-            await asyncio.gather(*sends)
+            task = self.tasks.get(tp)
+            if task is None:
+                continue  # revoked while the batch was in flight
+            fresh = [r for r in records if r.offset >= self.position[tp]]
+            if not fresh:
+                continue
+            if isinstance(task, SourceTask):
+                out = task.process(self.defs, [(r.value or b"", is_tick(r)) for r in fresh])
+            else:
+                out = task.process(self.defs, [r.value or b"" for r in fresh])
+            await self._emit(out, fresh)
+            self.position[tp] = fresh[-1].offset + 1
+            self.last_record[tp] = time.monotonic()
+            self.dirty.add(tp)
+        if time.monotonic() - self.saved_at >= self.settings.rules.commit_seconds:
+            await self.save(set(self.dirty))
+
+    async def _emit(self, out: Output, records: list[Any]) -> None:
+        send = self.producer.send
+        topics = self.topics
+        pending = self.pending
+        for t in out.transitions:
+            pending.append(await send(topics.alerts, encode(t), key=t.key))
+        for v in out.values:
+            pending.append(await send(topics.indicator_values, encode(v), key=v.key))
+        for p in out.partials:
+            pending.append(await send(topics.rollup, encode(p), key=p.key))
+        if out.marks:
+            for partition in sorted(await self.producer.partitions_for(topics.rollup)):
+                for m in out.marks:
+                    pending.append(await send(topics.rollup, encode(m), partition=partition))
+        for pos, reason in out.rejected:
+            record = records[pos]
+            letter = dead_letter(SOURCE, reason, record.value or b"", record)
+            pending.append(await send(topics.dead_letter, encode(letter)))
+        if out.rejected:
+            log.warning("%d malformed records dead-lettered", len(out.rejected))
+        if out.late:
+            self.late += out.late
+            log.info("%d late readings left out of closed windows (%d so far)", out.late, self.late)
+
+    async def save(self, partitions: set[TopicPartition]) -> None:
+        """Outputs acknowledged first; then snapshots and offsets in one transaction."""
+        async with self.saving:
+            await self._save(partitions)
+
+    async def _save(self, partitions: set[TopicPartition]) -> None:
+        # Each snapshot is taken (pickled) at once with its offset, before any await, so a
+        # batch handled while this waits cannot make the pair disagree.
+        todo = {tp for tp in partitions if tp in self.tasks and tp in self.dirty}
+        snapshots = {
+            tp: (self.stored[tp], self.position[tp], state.snapshot(self.tasks[tp])) for tp in todo
+        }
+        pending, self.pending = self.pending, []
+        self.saved_at = time.monotonic()
+        if pending:
+            await asyncio.gather(*pending)
+        if not snapshots:
+            return
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, connect_timeout=5
+            ) as conn:
+                await state.save(conn, self.group, snapshots)
+        except state.Conflict as exc:
+            # Another member owns these now: forget ours and re-read from the stored state.
+            log.warning("engine state fenced: %s", exc)
+            self.dirty.clear()
+            raise Fenced(str(exc)) from exc
+        except psycopg.OperationalError as exc:
+            # Alerts keep flowing; the snapshot is retried at the next save. A crash meanwhile
+            # replays from the older one, re-emitting identical records.
+            log.warning("cannot save engine state, retrying later: %s", exc)
+            return
+        for tp, (_, offset, _) in snapshots.items():
+            if tp in self.stored:
+                self.stored[tp] = offset
+                if self.position.get(tp) == offset:
+                    self.dirty.discard(tp)
+
+    async def save_when_due(self) -> None:
+        """Save what is unsaved once ``commit_seconds`` have passed, even when no new batch
+        comes (the last batch of a burst must not wait for the next burst)."""
+        if self.dirty and time.monotonic() - self.saved_at >= self.settings.rules.commit_seconds:
+            with contextlib.suppress(Fenced):  # the consumer loop re-reads on its next batch
+                await self.save(set(self.dirty))
+
+    # -- time ---------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Give every owned source partition that has gone quiet a tick: its event time moves
+        on by the wall-clock time it has been quiet, written into the log itself."""
+        now = time.monotonic()
+        quiet = self.settings.rules.tick_seconds
+        for tp, task in list(self.tasks.items()):
+            if not isinstance(task, SourceTask):
+                continue
+            idle = now - self.last_record.get(tp, now)
+            if idle < quiet:
+                continue
+            at = int(time.time() * 1000) if task.max_ts is None else task.max_ts + int(idle * 1000)
+            await self.producer.send(
+                tp.topic, encode_tick(at), partition=tp.partition, headers=[(TICK_HEADER, b"1")]
+            )
+            self.last_record[tp] = now
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
@@ -99,27 +238,42 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     await wait_for_broker(settings.kafka)
     producer = make_producer(settings.kafka)
     await producer.start()
-    handler = RulesHandler(settings, catalogue, producer)
+    handler = RulesHandler(
+        settings, Definitions(catalogue, stale_factor=settings.rules.stale_factor), producer
+    )
+    topics = settings.kafka.topics
     watcher = asyncio.create_task(watch_definitions(settings, handler, stop))
+    ticker = asyncio.create_task(tick_forever(settings, handler, stop))
     try:
         await run_consumer(
             settings.kafka,
             group_id=settings.rules.consumer_group,
-            topics=[settings.kafka.topics.readings],
+            topics=[topics.readings, topics.tickets, topics.rollup],
             handler=handler,
             stop=stop,
         )
+        await handler.save(set(handler.tasks))
     finally:
         watcher.cancel()
+        ticker.cancel()
         await producer.stop()
+
+
+async def tick_forever(settings: Settings, handler: RulesHandler, stop: asyncio.Event) -> None:
+    """Ticks for quiet partitions, and saves that are due while no batch comes."""
+    every = min(settings.rules.tick_seconds / 2, max(settings.rules.commit_seconds, 0.2))
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+        if not stop.is_set():
+            await handler.tick()
+            await handler.save_when_due()
 
 
 async def watch_definitions(settings: Settings, handler: RulesHandler, stop: asyncio.Event) -> None:
     """Poll the definitions version in PostgreSQL; on a change load the live definitions and
     emergency switches into the running engine (no restart). While PostgreSQL holds no
     definitions the catalogue file stays in force; while it is unreachable the last ones do."""
-    import psycopg
-
     from services.indicators import store
 
     seen = -1
@@ -133,7 +287,14 @@ async def watch_definitions(settings: Settings, handler: RulesHandler, stop: asy
                     switches = await store.emergency(conn)
                     active = frozenset(s.scope for s in switches if s.active)
                     if len(catalogue):
-                        handler.use(catalogue, active - {store.CITY}, store.CITY in active)
+                        handler.use(
+                            Definitions(
+                                catalogue,
+                                emergency_districts=active - {store.CITY},
+                                city_emergency=store.CITY in active,
+                                stale_factor=settings.rules.stale_factor,
+                            )
+                        )
                         log.info(
                             "rules engine now at definitions version %d (%d indicators, "
                             "emergency: %s)",

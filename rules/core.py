@@ -25,6 +25,7 @@ I8 = npt.NDArray[np.int8]
 Bool = npt.NDArray[np.bool_]
 
 MS_PER_HOUR = 3_600_000.0
+MICRO = 1_000_000  # live sums are kept in integer micro-units (exact, order-independent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,3 +183,55 @@ def levels(indicator: Indicator, value: F64) -> I8:
             severity = np.maximum(indicator.band.low - value, value - indicator.band.high)
         rank = np.searchsorted(thresholds, severity, side="right")
     return np.where(np.isnan(severity), 0, rank).astype(np.int8)
+
+
+@dataclass(frozen=True, slots=True)
+class Partials:
+    """Mergeable summaries per (scope, window) of a batch, sorted by scope then window: enough
+    to finish any aggregation once every batch and source of a window has been merged."""
+
+    scope: I64
+    start: I64
+    count: I64
+    total: I64  # sum in micro-units: integer, so merging in any order gives the same sum
+    low: F64
+    high: F64
+    first_ts: I64
+    first: F64
+    last_ts: I64
+    last: F64
+
+    def __len__(self) -> int:
+        return int(self.scope.shape[0])
+
+
+def partials(scope: I64, ts: I64, value: F64, window_ms: int) -> Partials:
+    """Summaries per (scope, event-time window); first and last in (time, value) order."""
+    start = window_starts(ts, window_ms)
+    order = np.lexsort((value, ts, start, scope))
+    scope, start, ts, value = scope[order], start[order], ts[order], value[order]
+    n = scope.shape[0]
+    new = np.empty(n, dtype=np.bool_)
+    if n:
+        new[0] = True
+        new[1:] = (scope[1:] != scope[:-1]) | (start[1:] != start[:-1])
+    first = np.flatnonzero(new)
+    last = np.empty_like(first)
+    if n:
+        last[:-1] = first[1:] - 1
+        last[-1] = n - 1
+    if n == 0:
+        zero_f = np.zeros(0, dtype=np.float64)
+        return Partials(scope, start, first, first, zero_f, zero_f, first, zero_f, first, zero_f)
+    return Partials(
+        scope=scope[first],
+        start=start[first],
+        count=(last - first + 1).astype(np.int64),
+        total=np.add.reduceat(np.rint(value * MICRO).astype(np.int64), first),
+        low=np.minimum.reduceat(value, first),
+        high=np.maximum.reduceat(value, first),
+        first_ts=ts[first],
+        first=value[first],
+        last_ts=ts[last],
+        last=value[last],
+    )

@@ -114,7 +114,13 @@ class Indicator(Contract):
     scope_level: ScopeLevel = ScopeLevel.DEVICE
     aggregation: Aggregation = Aggregation.LAST
     window_seconds: int = Field(default=60, ge=1, le=86_400, description="Event-time window.")
-    allowed_lateness_seconds: int = Field(default=120, ge=0, le=86_400)
+    allowed_lateness_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=86_400,
+        description="A window closes this long (event time) after its end; readings for it "
+        "arriving later are counted as late and left out.",
+    )
     expected_every_seconds: int | None = Field(
         default=None,
         ge=1,

@@ -15,7 +15,7 @@ import numpy as np
 
 from rules import core
 from rules.indicators import Indicator
-from rules.windows import ScopeState, step
+from rules.windows import Judge, ScopeState, advance, observe
 from schemas.alerts import AlertTransition
 
 
@@ -38,28 +38,28 @@ def preview(
         scope, ts, value, indicator.window_seconds * 1000, indicator.aggregation
     )
     ranks = core.levels(indicator, windows.value)
+    judge = Judge.of(indicator, stale_factor=None)  # history has gaps by design: no staleness
     transitions: list[AlertTransition] = []
     states: dict[int, ScopeState] = {}
     n = len(windows)
+    until = int(windows.start.max()) + judge.window_ms if n else 0
     done = -1
     for hit in np.flatnonzero(ranks > 0).tolist():
         if hit <= done:
             continue
-        # Windows skipped since this scope's last step were normal with no alert open: the
-        # same as a gap for the life cycle. Walk on while an alert is open or a run pending.
+        # Windows skipped since this scope's last step were normal with nothing open or
+        # pending: they change nothing. Walk on while something is open or pending.
         s = int(windows.scope[hit])
         state = states.get(s, ScopeState())
         row = hit
         while True:
-            state, transition = step(
-                indicator, scope_ids[s], state, int(windows.start[row]), float(windows.value[row])
-            )
-            if transition is not None:
-                transitions.append(transition)
+            start, level = int(windows.start[row]), float(windows.value[row])
+            observe(judge, scope_ids[s], state, start, level, transitions)
             row += 1
-            idle = state.open is None and state.breach_since_ms is None
-            if idle or row >= n or int(windows.scope[row]) != s:
+            if state.idle() or row >= n or int(windows.scope[row]) != s:
                 break
+        if row >= n or int(windows.scope[row]) != s:
+            advance(judge, scope_ids[s], state, until, transitions)  # time runs to the range end
         states[s] = state
         done = row - 1
     return Preview(windows, ranks, transitions)

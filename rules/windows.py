@@ -1,47 +1,99 @@
-"""Alert life cycle over closed windows: for-duration, escalation, hysteresis clearing.
+"""Alert life cycle of one indicator scope: closed windows and the passing of event time in,
+transitions out. Pure.
 
-Pure. The vectorised core (rules/core.py) turns readings into one value per closed window; this
-module walks one scope's closed windows in event-time order and emits each transition once,
-with the deterministic ids of rules/evaluate.py (so a replay re-emits identical records).
+A window's value becomes known when the window closes (at its end) and holds until the next
+window with data closes. Time moves by the event-time watermark, so an alert escalates or
+resolves when its duration runs out even if no new reading arrives:
 
-- An alert fires once a level has held for ``for_seconds`` of consecutive windows (a window
-  with no breach, or a gap with no data, starts the count again). It opens at the level of the
-  window that completes the duration; ``opened_at`` is the end of that window.
-- While open, a change of level is emitted at once (escalation and de-escalation).
+- The alert stands at level L once the value has been at L or above for ``for_seconds``
+  (counted from the start of the first window of the run, never before that window closed).
+  It fires at the lowest such level and escalates as higher ones come due.
+- A value below the current level de-escalates at once (never below the lowest level while
+  the alert is open).
 - It resolves once the value has stayed past the clear threshold (lowest threshold minus
   hysteresis) for ``clear_for_seconds``; values inside the hysteresis band keep it open.
+- Staleness: no window with data for ``window + expected_every x factor`` after the last one
+  opens a no-data alert (and cancels pending runs); the next window with data resolves it.
+
+Every change is stamped with the event time it happened at (a window end, or the moment a
+duration ran out), never with when it was computed, so the result does not depend on how the
+stream was cut into batches: ``advance`` to t1 then t2 equals ``advance`` to t2.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from bisect import bisect_right
+from dataclasses import dataclass, field, replace
 
-from rules.evaluate import OpenAlert, alert_id_for, transition
-from rules.indicators import Indicator
-from schemas.alerts import AlertTransition, Level, TransitionKind
+from rules.alerts import OpenAlert, alert_id_for, at_ms, transition
+from rules.indicators import Direction, Indicator
+from schemas.alerts import AlertTransition, Condition, Level, TransitionKind
 from schemas.indicator_values import IndicatorValue, value_id_for
 
 
 @dataclass(frozen=True, slots=True)
+class Judge:
+    """An indicator's thresholds and durations, prepared for evaluation."""
+
+    indicator: Indicator
+    levels: tuple[Level, ...]
+    thresholds: tuple[float, ...]
+    window_ms: int
+    for_ms: int
+    clear_for_ms: int
+    stale_ms: int | None  # no data for this long after the last window's end: no-data alert
+
+    @classmethod
+    def of(cls, indicator: Indicator, stale_factor: float | None = 3.0) -> Judge:
+        pairs = indicator.thresholds.defined()
+        window_ms = indicator.window_seconds * 1000
+        every = indicator.expected_every_seconds
+        stale = (
+            None
+            if every is None or stale_factor is None
+            else window_ms + int(every * stale_factor * 1000)
+        )
+        return cls(
+            indicator=indicator,
+            levels=tuple(level for level, _ in pairs),
+            thresholds=tuple(value for _, value in pairs),
+            window_ms=window_ms,
+            for_ms=indicator.for_seconds * 1000,
+            clear_for_ms=indicator.clear_for_seconds * 1000,
+            stale_ms=stale,
+        )
+
+    def rank(self, value: float) -> int:
+        """0 when normal, else 1.. the highest defined level the value reaches."""
+        if value != value:  # NaN never breaches
+            return 0
+        if self.indicator.direction is Direction.BELOW:
+            return bisect_right([-t for t in self.thresholds], -value)
+        return bisect_right(self.thresholds, self.indicator.severity(value))
+
+
+@dataclass(slots=True)
 class ScopeState:
     """What one indicator scope remembers between windows."""
 
-    open: OpenAlert | None = None
-    breach_since_ms: int | None = None  # start of the run of breaching windows
-    clear_since_ms: int | None = None  # start of the run of clearing windows
-    last_end_ms: int | None = None  # end of the last closed window seen
+    open: OpenAlert | None = None  # the threshold alert
+    no_data: OpenAlert | None = None  # the staleness alert
+    value: float = 0.0  # the latest closed window's value, held until the next
+    rank: int = 0  # its level rank
+    due: list[int | None] = field(default_factory=list)  # per rank r at [r-1]: when L_r is due
+    clear_due: int | None = None
+    last_end_ms: int | None = None  # end of the latest window with data
 
-
-def _at(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    def idle(self) -> bool:
+        """Nothing open and nothing pending: normal windows change nothing."""
+        return self.open is None and self.rank == 0 and self.clear_due is None
 
 
 def indicator_value(
     indicator: Indicator, scope_id: str, start_ms: int, value: float, samples: int
 ) -> IndicatorValue:
     """The record of one closed window (topic indicator-values.v1)."""
-    start = _at(start_ms)
+    start = at_ms(start_ms)
     level, _ = indicator.level_for(value)
     return IndicatorValue(
         value_id=value_id_for(indicator.code, indicator.scope_level, scope_id, start),
@@ -49,62 +101,204 @@ def indicator_value(
         scope_level=indicator.scope_level,
         scope_id=scope_id,
         window_start=start,
-        window_end=_at(start_ms + indicator.window_seconds * 1000),
+        window_end=at_ms(start_ms + indicator.window_seconds * 1000),
         value=value,
         samples=samples,
         level=level,
     )
 
 
-def step(
-    indicator: Indicator, scope_id: str, state: ScopeState, start_ms: int, value: float
-) -> tuple[ScopeState, AlertTransition | None]:
-    """Apply one closed window (in event-time order) to one scope's state."""
-    end_ms = start_ms + indicator.window_seconds * 1000
-    contiguous = state.last_end_ms == start_ms
-    level, threshold = indicator.level_for(value)
-    state = replace(state, last_end_ms=end_ms)
+def _rank_of(alert: OpenAlert | None, judge: Judge) -> int:
+    if alert is None or alert.level is None:
+        return 0
+    return judge.levels.index(alert.level) + 1
 
-    def emit(
-        kind: TransitionKind, alert: OpenAlert, previous: Level | None, to: Level | None
-    ) -> AlertTransition:
-        crossed = threshold if to is not None else indicator.clear_threshold
-        return transition(
-            indicator, scope_id, alert, kind, previous, to, value, crossed, _at(end_ms)
+
+def observe(
+    judge: Judge,
+    scope_id: str,
+    state: ScopeState,
+    start_ms: int,
+    value: float,
+    out: list[AlertTransition],
+) -> None:
+    """Apply one closed window (windows of a scope in event-time order); append transitions."""
+    end = start_ms + judge.window_ms
+    advance(judge, scope_id, state, end - 1, out)
+    indicator = judge.indicator
+    if state.no_data is not None:
+        back = replace(state.no_data, seq=state.no_data.seq + 1)
+        out.append(
+            transition(
+                indicator,
+                scope_id,
+                back,
+                TransitionKind.RESOLVED,
+                None,
+                None,
+                value,
+                None,
+                at_ms(end),
+                Condition.NO_DATA,
+            )
         )
-
+        state.no_data = None
+    state.last_end_ms = end
+    rank = judge.rank(value)
+    state.value, state.rank = value, rank
+    if len(state.due) != len(judge.levels):
+        state.due = [None] * len(judge.levels)
+    due = state.due
+    for r in range(len(due)):
+        if r < rank:
+            if due[r] is None:
+                due[r] = max(start_ms + judge.for_ms, end)
+        else:
+            due[r] = None
     alert = state.open
-    if alert is None:
-        if level is None:
-            return replace(state, breach_since_ms=None), None
-        since = state.breach_since_ms if contiguous and state.breach_since_ms is not None else None
-        since = start_ms if since is None else since
-        if end_ms - since < indicator.for_seconds * 1000:
-            return replace(state, breach_since_ms=since), None
-        opened_at = _at(end_ms)
-        opened = OpenAlert(
-            alert_id=alert_id_for(indicator.code, indicator.scope_level, scope_id, opened_at),
-            opened_at=opened_at,
-            level=level,
-            seq=1,
-            occurrences=1,
-        )
-        new = ScopeState(open=opened, last_end_ms=end_ms)
-        return new, emit(TransitionKind.FIRING, opened, None, level)
+    if alert is not None:
+        current = _rank_of(alert, judge)
+        if rank > 0:
+            alert = replace(alert, occurrences=alert.occurrences + 1)
+            state.open = alert
+            state.clear_due = None
+        elif indicator.clears(value):
+            if state.clear_due is None:
+                state.clear_due = max(start_ms + judge.clear_for_ms, end)
+        else:
+            state.clear_due = None
+        to = max(rank, 1)
+        if to < current:
+            changed = state.open = replace(alert, level=judge.levels[to - 1], seq=alert.seq + 1)
+            out.append(
+                transition(
+                    indicator,
+                    scope_id,
+                    changed,
+                    TransitionKind.LEVEL_CHANGED,
+                    alert.level,
+                    changed.level,
+                    value,
+                    judge.thresholds[to - 1],
+                    at_ms(end),
+                )
+            )
+    advance(judge, scope_id, state, end, out)
 
-    if level is not None:
-        counted = replace(alert, occurrences=alert.occurrences + 1)
-        if level is alert.level:
-            return replace(state, open=counted, clear_since_ms=None), None
-        changed = replace(counted, level=level, seq=alert.seq + 1)
-        new = replace(state, open=changed, clear_since_ms=None)
-        return new, emit(TransitionKind.LEVEL_CHANGED, changed, alert.level, level)
 
-    if not indicator.clears(value):  # inside the hysteresis band
-        return replace(state, clear_since_ms=None), None
-    since = state.clear_since_ms if contiguous and state.clear_since_ms is not None else None
-    since = start_ms if since is None else since
-    if end_ms - since < indicator.clear_for_seconds * 1000:
-        return replace(state, clear_since_ms=since), None
-    closed = replace(alert, seq=alert.seq + 1)
-    return ScopeState(last_end_ms=end_ms), emit(TransitionKind.RESOLVED, closed, alert.level, None)
+def _at_or_before(due: int | None, when: int) -> bool:
+    return due is not None and due <= when
+
+
+def next_due(judge: Judge, state: ScopeState) -> int | None:
+    """The earliest event time at which time alone changes this scope, if any."""
+    times: list[int] = []
+    current = _rank_of(state.open, judge)
+    times.extend(d for d in state.due[current : state.rank] if d is not None)
+    if state.open is not None and state.clear_due is not None:
+        times.append(state.clear_due)
+    if judge.stale_ms is not None and state.no_data is None and state.last_end_ms is not None:
+        times.append(state.last_end_ms + judge.stale_ms)
+    return min(times) if times else None
+
+
+def advance(
+    judge: Judge, scope_id: str, state: ScopeState, clock_ms: int, out: list[AlertTransition]
+) -> None:
+    """Let event time pass up to ``clock_ms``: fire, escalate, resolve or go stale as due."""
+    indicator = judge.indicator
+    while True:
+        when = next_due(judge, state)
+        if when is None or when > clock_ms:
+            return
+        current = _rank_of(state.open, judge)
+        escalate = [r for r in range(current, state.rank) if _at_or_before(state.due[r], when)]
+        if escalate:
+            to = max(escalate) + 1
+            level, threshold = judge.levels[to - 1], judge.thresholds[to - 1]
+            alert = state.open
+            if alert is None:
+                opened = at_ms(when)
+                state.open = OpenAlert(
+                    alert_id=alert_id_for(indicator.code, indicator.scope_level, scope_id, opened),
+                    opened_at=opened,
+                    level=level,
+                    seq=1,
+                    occurrences=1,
+                )
+                out.append(
+                    transition(
+                        indicator,
+                        scope_id,
+                        state.open,
+                        TransitionKind.FIRING,
+                        None,
+                        level,
+                        state.value,
+                        threshold,
+                        opened,
+                    )
+                )
+            else:
+                state.open = replace(alert, level=level, seq=alert.seq + 1)
+                out.append(
+                    transition(
+                        indicator,
+                        scope_id,
+                        state.open,
+                        TransitionKind.LEVEL_CHANGED,
+                        alert.level,
+                        level,
+                        state.value,
+                        threshold,
+                        at_ms(when),
+                    )
+                )
+        elif state.open is not None and state.clear_due == when:
+            closed = replace(state.open, seq=state.open.seq + 1)
+            out.append(
+                transition(
+                    indicator,
+                    scope_id,
+                    closed,
+                    TransitionKind.RESOLVED,
+                    closed.level,
+                    None,
+                    state.value,
+                    indicator.clear_threshold,
+                    at_ms(when),
+                )
+            )
+            state.open = None
+            state.clear_due = None
+        else:  # stale: the feed went quiet
+            assert judge.stale_ms is not None
+            opened = at_ms(when)
+            state.no_data = OpenAlert(
+                alert_id=alert_id_for(
+                    indicator.code, indicator.scope_level, scope_id, opened, Condition.NO_DATA
+                ),
+                opened_at=opened,
+                level=None,
+                seq=1,
+                occurrences=1,
+            )
+            quiet = judge.stale_ms / 1000
+            out.append(
+                transition(
+                    indicator,
+                    scope_id,
+                    state.no_data,
+                    TransitionKind.FIRING,
+                    None,
+                    None,
+                    quiet,
+                    quiet,
+                    opened,
+                    Condition.NO_DATA,
+                )
+            )
+            # What was held no longer counts towards any duration.
+            state.rank = 0
+            state.due = [None] * len(judge.levels)
+            state.clear_due = None

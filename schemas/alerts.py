@@ -44,6 +44,13 @@ class TransitionKind(StrEnum):
     RESOLVED = "resolved"  # back under the clear threshold
 
 
+class Condition(StrEnum):
+    """What an alert is about: a threshold breached, or a feed that went quiet."""
+
+    THRESHOLD = "threshold"
+    NO_DATA = "no_data"  # no data within the indicator's update frequency (staleness)
+
+
 class AlertTransition(Contract):
     """One change of one alert. Ids are deterministic so a replay re-emits identical records."""
 
@@ -51,16 +58,22 @@ class AlertTransition(Contract):
     alert_id: uuid.UUID = Field(description="Stable for the alert's whole life, open to resolved.")
     seq: int = Field(ge=1, description="1 for the opening transition, then +1 per transition.")
     kind: TransitionKind
+    condition: Condition = Condition.THRESHOLD
     indicator: Code
     scope_level: ScopeLevel
     scope_id: Code
-    level: Level | None = Field(description="Level after the transition; null once resolved.")
+    level: Level | None = Field(
+        description="Level after the transition; null once resolved and for no-data alerts."
+    )
     previous_level: Level | None
     value: float
     threshold: float | None = Field(description="The threshold crossed, or the clear threshold.")
-    occurrences: int = Field(ge=1, description="Breaching readings seen while the alert is open.")
+    occurrences: int = Field(ge=1, description="Breaching windows seen while the alert is open.")
     opened_at: UtcDatetime
-    observed_at: UtcDatetime = Field(description="Event time of the reading that caused it.")
+    observed_at: UtcDatetime = Field(
+        description="Event time of the change: the end of the window that caused it, or when "
+        "a for-duration, clear-for or staleness limit ran out."
+    )
     reading_id: uuid.UUID | None = None
 
     @property

@@ -11,6 +11,7 @@ from schemas.alerts import AlertTransition
 from schemas.deadletter import DeadLetter
 from schemas.indicator_values import IndicatorValue
 from schemas.readings import SensorReading
+from schemas.rollup import SourceMark, WindowPartial
 from schemas.tickets import HotlineTicket
 
 SCHEMA_DIR = Path(__file__).parent / "jsonschema"
@@ -22,6 +23,8 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "alert_transition.v1": AlertTransition,
     "indicator_value.v1": IndicatorValue,
     "deadletter.v1": DeadLetter,
+    "rollup_partial.v1": WindowPartial,
+    "rollup_mark.v1": SourceMark,
 }
 
 

@@ -9,6 +9,7 @@ TICKETS = "tickets.v1"
 ALERTS = "alerts.v1"
 INDICATOR_VALUES = "indicator-values.v1"
 DEAD_LETTER = "deadletter.v1"
+ROLLUP = "rollup.v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,11 @@ class Topics:
     def dead_letter(self) -> str:
         return f"{self.prefix}.{DEAD_LETTER}"
 
+    @property
+    def rollup(self) -> str:
+        """The rules engine's internal repartition topic (device scope to grid..city)."""
+        return f"{self.prefix}.{ROLLUP}"
+
     def all(self) -> tuple[str, ...]:
         return (
             self.readings,
@@ -44,4 +50,5 @@ class Topics:
             self.alerts,
             self.indicator_values,
             self.dead_letter,
+            self.rollup,
         )

@@ -41,6 +41,11 @@ class KafkaSettings(_Section):
     max_batch_records: int = Field(default=5_000, ge=1, description="Records per consumer batch.")
     # How long the broker may hold a fetch waiting for data: bounds reading-to-alert latency.
     fetch_max_wait_ms: int = Field(default=50, ge=0)
+    session_timeout_ms: int = Field(
+        default=10_000,
+        ge=1000,
+        description="A consumer silent this long leaves its group; its partitions move on.",
+    )
 
     @property
     def topics(self) -> Topics:
@@ -109,6 +114,24 @@ class RulesSettings(_Section):
         default=2.0,
         gt=0,
         description="How often the engine polls PostgreSQL's definitions version (hot reload).",
+    )
+    stale_factor: float = Field(
+        default=3.0,
+        ge=1,
+        description="No data for an indicator's update interval times this raises a no-data "
+        "alert (counted from the end of the last window with data, plus one window).",
+    )
+    tick_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="A source partition quiet this long (wall clock) gets a tick, so windows "
+        "close and durations run out although no data arrives.",
+    )
+    commit_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="How often state and offsets are saved together (0: after every batch). "
+        "A crash replays at most this much, re-emitting identical records.",
     )
 
 

@@ -94,6 +94,17 @@ def dead_letter(
     )
 
 
+# The rules engine writes ticks into the source topics it reads: event time moving on in a
+# partition that has gone quiet, recorded in the log so a replay sees the same time pass.
+# Every other consumer of those topics skips them by this header.
+TICK_HEADER = "city-vitals-tick"
+
+
+def is_tick(record: ConsumerRecord[bytes, bytes]) -> bool:
+    """Whether a record is a rules-engine tick rather than data."""
+    return any(key == TICK_HEADER for key, _ in record.headers or ())
+
+
 def encode(model: Any) -> bytes:
     """JSON bytes of a contract model."""
     data: bytes = model.__pydantic_serializer__.to_json(model)
@@ -162,12 +173,15 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 async def _rewind(consumer: AIOKafkaConsumer, handler: BatchHandler, batch: Batch) -> None:
-    """Put every partition of an unwritten batch back where its effects say it stands."""
-    owned = consumer.assignment()
-    partitions = {tp for tp in batch if tp in owned}
+    """Put every owned partition back where its stored effects say it stands (a handler that
+    saves every few batches may hold unsaved work for partitions outside this batch)."""
+    partitions = set(consumer.assignment())
     kept = await handler.assigned(partitions)
     for tp in partitions:
-        consumer.seek(tp, kept.get(tp, batch[tp][0].offset))
+        if tp in kept:
+            consumer.seek(tp, kept[tp])
+        elif batch.get(tp):
+            consumer.seek(tp, batch[tp][0].offset)
     log.warning("batch fenced by another group member; re-reading %d partitions", len(partitions))
 
 
@@ -208,6 +222,8 @@ async def run_consumer(
         request_timeout_ms=max(kafka.request_timeout_ms, 40_000),
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+        session_timeout_ms=kafka.session_timeout_ms,
+        heartbeat_interval_ms=max(kafka.session_timeout_ms // 4, 300),
     )
     consumer.subscribe(list(topics), listener=_Rebalance(consumer, handler))
     await consumer.start()

@@ -8,7 +8,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from schemas.alerts import Level, ScopeLevel, TransitionKind
+from schemas.alerts import Condition, Level, ScopeLevel, TransitionKind
 from schemas.base import Contract
 
 
@@ -22,9 +22,14 @@ class AlertRead(Contract):
     indicator: str
     scope_level: ScopeLevel
     scope_id: str
+    condition: Condition = Field(
+        description="threshold: a level breached; no_data: a feed went quiet."
+    )
     status: AlertStatus
     level: Level | None = Field(description="Current level; null once resolved.")
-    peak_level: Level = Field(description="Highest level reached while open.")
+    peak_level: Level | None = Field(
+        description="Highest level reached while open; null for no-data alerts."
+    )
     value: float = Field(description="Value at the latest transition.")
     threshold: float | None
     occurrences: int
@@ -37,6 +42,7 @@ class TransitionRead(Contract):
     transition_id: uuid.UUID
     seq: int
     kind: TransitionKind
+    condition: Condition
     level: Level | None
     previous_level: Level | None
     value: float

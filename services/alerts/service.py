@@ -7,12 +7,13 @@ import uuid
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
-from schemas.alerts import Level
+from schemas.alerts import Condition, Level
 from services.alerts.models import AlertDetail, AlertPage, AlertRead, AlertStatus, TransitionRead
 from services.paging import Filters, page
 
 _ALERT_COLUMNS = sql.SQL(
-    "alert_id, indicator, scope_level, scope_id, status, level, peak_level, value, threshold, "
+    "alert_id, indicator, scope_level, scope_id, condition, status, level, peak_level, value, "
+    "threshold, "
     "occurrences, opened_at, updated_at, resolved_at"
 )
 
@@ -21,6 +22,7 @@ async def list_(
     conn: AsyncConnection[tuple[object, ...]],
     *,
     status: AlertStatus | None = None,
+    condition: Condition | None = None,
     level: Level | None = None,
     indicator: str | None = None,
     scope_id: str | None = None,
@@ -29,7 +31,13 @@ async def list_(
 ) -> AlertPage:
     """Alerts matching the filters, most recently changed first."""
     filters = Filters().equal(
-        [("status", status), ("level", level), ("indicator", indicator), ("scope_id", scope_id)]
+        [
+            ("status", status),
+            ("condition", condition),
+            ("level", level),
+            ("indicator", indicator),
+            ("scope_id", scope_id),
+        ]
     )
     rows, total = await page(
         conn,
@@ -60,7 +68,7 @@ async def get(
         if row is None:
             return None
         await cur.execute(
-            "SELECT transition_id, seq, kind, level, previous_level, value, threshold, "
+            "SELECT transition_id, seq, kind, condition, level, previous_level, value, threshold, "
             "occurrences, observed_at, reading_id FROM alert_transitions "
             "WHERE alert_id = %s ORDER BY seq",
             [alert_id],

@@ -52,9 +52,12 @@ def redact(url: str) -> str:
 def forget_offsets_of_previous_broker(db_url: str) -> None:
     """The local broker starts with empty topics, so offsets stored against the previous
     broker's topics point at records that no longer exist; resuming from them would skip
-    new ones. Apache Kafka keeps its topics, and nothing of this runs in production."""
+    new ones. The rules engine keeps its snapshots (open alerts, windows) and reads the new
+    topics from their start. Apache Kafka keeps its topics, and nothing of this runs in
+    production."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         forgotten = conn.execute("DELETE FROM consumer_offsets").rowcount
+        forgotten += conn.execute("UPDATE rules_state SET next_offset = 0").rowcount
     if forgotten:
         log.info("local broker starts empty: forgot %d stored partition offsets", forgotten)
 

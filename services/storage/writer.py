@@ -26,7 +26,7 @@ import psycopg
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
-from schemas.alerts import AlertTransition
+from schemas.alerts import AlertTransition, TransitionKind
 from schemas.base import describe_errors
 from schemas.deadletter import DeadLetter
 from schemas.indicator_values import IndicatorValue
@@ -39,6 +39,7 @@ from services.kafka import (
     Unavailable,
     dead_letter,
     encode,
+    is_tick,
     make_producer,
     run_consumer,
     wait_for_broker,
@@ -84,6 +85,7 @@ TRANSITION_COLUMNS = (
     "alert_id",
     "seq",
     "kind",
+    "condition",
     "indicator",
     "scope_level",
     "scope_id",
@@ -100,6 +102,7 @@ TRANSITION_TYPES = (
     "uuid",
     "uuid",
     "int4",
+    "text",
     "text",
     "text",
     "text",
@@ -216,10 +219,10 @@ ON CONFLICT DO NOTHING
 # Later transitions win; a redelivered older one changes nothing.
 UPSERT_ALERT = """
 INSERT INTO alerts (
-    alert_id, indicator, scope_level, scope_id, status, level, peak_level, value, threshold,
-    occurrences, opened_at, updated_at, resolved_at, last_seq)
-VALUES (%(alert_id)s, %(indicator)s, %(scope_level)s, %(scope_id)s, %(status)s, %(level)s,
-        %(peak_level)s, %(value)s, %(threshold)s, %(occurrences)s, %(opened_at)s,
+    alert_id, indicator, scope_level, scope_id, condition, status, level, peak_level, value,
+    threshold, occurrences, opened_at, updated_at, resolved_at, last_seq)
+VALUES (%(alert_id)s, %(indicator)s, %(scope_level)s, %(scope_id)s, %(condition)s, %(status)s,
+        %(level)s, %(peak_level)s, %(value)s, %(threshold)s, %(occurrences)s, %(opened_at)s,
         %(observed_at)s, %(resolved_at)s, %(seq)s)
 ON CONFLICT (alert_id) DO UPDATE SET
     status = EXCLUDED.status,
@@ -271,7 +274,7 @@ def alert_params(t: AlertTransition) -> dict[str, object]:
     peak = t.level or t.previous_level
     return {
         **t.model_dump(mode="python"),
-        "status": "resolved" if t.level is None else "firing",
+        "status": "resolved" if t.kind is TransitionKind.RESOLVED else "firing",
         "peak_level": peak.value if peak else None,
         "resolved_at": t.observed_at if t.level is None else None,
     }
@@ -284,6 +287,7 @@ def transition_row(t: AlertTransition) -> tuple[object, ...]:
         t.alert_id,
         t.seq,
         t.kind.value,
+        t.condition.value,
         t.indicator,
         t.scope_level.value,
         t.scope_id,
@@ -464,6 +468,8 @@ class WriterHandler:
                 rows = out.readings
                 stamps: dict[int, datetime] = {}
                 for record in records:
+                    if record.headers and is_tick(record):
+                        continue
                     at = stamps.get(record.timestamp)
                     if at is None:
                         at = stamps[record.timestamp] = record_time(record)
@@ -477,6 +483,8 @@ class WriterHandler:
                     out.letters.append(self.letter_row(record))
                 continue
             for record in records:
+                if record.headers and is_tick(record):
+                    continue
                 raw = record.value or b""
                 try:
                     if tp.topic == topics.alerts:

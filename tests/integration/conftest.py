@@ -27,6 +27,7 @@ from pydantic import SecretStr
 
 from services.config import DatabaseSettings, KafkaSettings
 from services.db import migrate
+from services.kafka import is_tick
 from services.local.broker import LocalBroker
 from services.local.postgres import LocalPostgres
 from services.local.processes import free_port, wait_for_port
@@ -249,7 +250,12 @@ def read_topic(
             ends: dict[TopicPartition, int] = {}
             while asyncio.get_running_loop().time() < deadline:
                 batch = await consumer.getmany(timeout_ms=500)
-                values += [r.value for records in batch.values() for r in records if r.value]
+                values += [
+                    r.value
+                    for records in batch.values()
+                    for r in records
+                    if r.value and not is_tick(r)
+                ]
                 assigned = consumer.assignment()
                 if assigned and not ends:
                     ends = await consumer.end_offsets(list(assigned))

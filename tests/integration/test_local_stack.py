@@ -98,16 +98,20 @@ class Local:
 
 
 def depth(device: str, values: list[float]) -> list[dict[str, object]]:
+    """Readings a second apart, and the last value again five minutes on: the rules engine
+    closes a window once its partition's event time passes it by the allowed lateness, and
+    the test should not wait for the simulated city's clock to get there."""
     now = datetime.now(UTC)
+    times = [now + timedelta(seconds=i) for i in range(len(values))]
     return [
         {
             "device_id": device,
             "metric": "waterlogging_depth",
             "value": v,
             "unit": "cm",
-            "ts": (now + timedelta(seconds=i)).isoformat(),
+            "ts": at.isoformat(),
         }
-        for i, v in enumerate(values)
+        for at, v in [*zip(times, values, strict=True), (now + timedelta(minutes=5), values[-1])]
     ]
 
 

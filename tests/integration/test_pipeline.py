@@ -41,6 +41,19 @@ def reading(
     }
 
 
+def ahead(hours: int) -> datetime:
+    """A minute-aligned event time ``hours`` ahead. The engine's time is event time, one clock
+    per partition: each alert test writes after the previous one's time, never into windows
+    another test's readings have already closed."""
+    return datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(hours=hours)
+
+
+def closing(device: str, value: float, after: datetime) -> dict[str, object]:
+    """A later reading of the same value: moves the partition's event time past the
+    allowed lateness, so the windows before it close."""
+    return reading(device, value, after + timedelta(minutes=5))
+
+
 def firing_alerts(client: httpx.Client, stack: Stack, device: str) -> list[dict[str, object]]:
     page = client.get(f"{stack.api_url}/api/v1/alerts", params={"scope_id": device}).json()
     return list(page["items"])
@@ -50,28 +63,33 @@ def test_breaching_reading_becomes_an_alert_served_by_the_api(
     stack: Stack, client: httpx.Client
 ) -> None:
     device = f"wl-{uuid.uuid4().hex[:6]}"
-    now = datetime.now(UTC)
+    at = ahead(1)
+    body = [reading(device, 3.0, at), reading(device, 35.0, at + timedelta(seconds=1))]
     response = client.post(
-        f"{stack.ingest_url}/api/v1/readings",
-        json=[reading(device, 3.0, now), reading(device, 35.0, now + timedelta(seconds=1))],
+        f"{stack.ingest_url}/api/v1/readings", json=[*body, closing(device, 35.0, at)]
     )
     assert response.status_code == 202, response.text
-    assert response.json() == {"accepted": 2, "duplicates": 0, "rejected": []}
+    assert response.json() == {"accepted": 3, "duplicates": 0, "rejected": []}
 
     alerts = eventually(lambda: firing_alerts(client, stack, device))
     assert isinstance(alerts, list)
     [alert] = alerts
     assert alert["indicator"] == "water.waterlogging_depth"
     assert alert["status"] == "firing"
-    assert alert["level"] == "orange"  # 30 ≤ 35 < 50
+    assert alert["level"] == "orange"  # the window's max: 30 ≤ 35 < 50
     assert alert["threshold"] == 30.0
+    assert alert["condition"] == "threshold"
+    assert str(alert["opened_at"]).startswith(
+        (at + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M")
+    )
 
 
 def test_alert_escalates_and_resolves_with_hysteresis(stack: Stack, client: httpx.Client) -> None:
     device = f"wl-{uuid.uuid4().hex[:6]}"
-    t0 = datetime.now(UTC)
+    t0 = ahead(2)
     values = [12.0, 22.0, 55.0, 8.0, 4.0]  # blue, yellow, red, inside the band (≥ 5), cleared
-    body = [reading(device, v, t0 + timedelta(seconds=i)) for i, v in enumerate(values)]
+    body = [reading(device, v, t0 + timedelta(minutes=i)) for i, v in enumerate(values)]
+    body.append(closing(device, 4.0, t0 + timedelta(minutes=4)))
     assert client.post(f"{stack.ingest_url}/api/v1/readings", json=body).status_code == 202
 
     def resolved() -> list[dict[str, object]]:
@@ -84,6 +102,7 @@ def test_alert_escalates_and_resolves_with_hysteresis(stack: Stack, client: http
         ("firing", "blue"),
         ("level_changed", "yellow"),
         ("level_changed", "red"),
+        ("level_changed", "blue"),  # back inside the hysteresis band: open, at the lowest level
         ("resolved", None),
     ]
     assert detail["peak_level"] == "red"
@@ -259,8 +278,10 @@ def test_poison_records_are_dead_lettered_and_the_pipeline_goes_on(
     assert eventually(lambda: letters() == {"rules": 2, "writer": 3} and letters())
     # Both consumers carried on past them.
     device = f"after-{marker[:6]}"
+    at = ahead(3)
     r = client.post(
-        f"{stack.ingest_url}/api/v1/readings", json=[reading(device, 70.0, datetime.now(UTC))]
+        f"{stack.ingest_url}/api/v1/readings",
+        json=[reading(device, 70.0, at), closing(device, 70.0, at)],
     )
     assert r.status_code == 202
     assert eventually(lambda: firing_alerts(client, stack, device))

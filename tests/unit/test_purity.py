@@ -11,7 +11,15 @@ IO_LIBRARIES = ("aiokafka", "psycopg", "fastapi", "httpx", "uvicorn", "sqlalchem
 
 
 @pytest.mark.parametrize(
-    "module", ["rules.evaluate", "rules.indicators", "ingest.batch", "schemas.registry"]
+    "module",
+    [
+        "rules.alerts",
+        "rules.engine",
+        "rules.windows",
+        "rules.indicators",
+        "ingest.batch",
+        "schemas.registry",
+    ],
 )
 def test_pure_core_imports_no_io_library(module: str) -> None:
     code = (

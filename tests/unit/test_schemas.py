@@ -112,6 +112,7 @@ def test_topic_names_are_versioned_and_namespaced() -> None:
         "gz.alerts.v1",
         "gz.indicator-values.v1",
         "gz.deadletter.v1",
+        "gz.rollup.v1",
     )
 
 

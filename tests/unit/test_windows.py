@@ -1,10 +1,10 @@
-"""Alert life cycle over closed windows: for-duration, escalation, hysteresis, ids."""
+"""Alert life cycle: for-duration, escalation, hysteresis, time-driven changes, staleness, ids."""
 
 from __future__ import annotations
 
 from rules.indicators import Indicator
-from rules.windows import ScopeState, indicator_value, step
-from schemas.alerts import AlertTransition, Level, TransitionKind
+from rules.windows import Judge, ScopeState, advance, indicator_value, observe
+from schemas.alerts import AlertTransition, Condition, Level, TransitionKind
 
 MINUTE = 60_000
 
@@ -28,16 +28,16 @@ def depth(**change: object) -> Indicator:
 
 
 def run(
-    indicator: Indicator, values: list[float | None]
+    indicator: Indicator, values: list[float | None], until_minute: int | None = None
 ) -> tuple[ScopeState, list[AlertTransition]]:
-    """Feed one value per minute; None is a minute with no data (a gap)."""
-    state, out = ScopeState(), []
+    """Feed one window per minute (None: a minute with no data), then let time run on."""
+    judge = Judge.of(indicator)
+    state, out = ScopeState(), list[AlertTransition]()
     for minute, value in enumerate(values):
-        if value is None:
-            continue
-        state, transition = step(indicator, "dev-1", state, minute * MINUTE, value)
-        if transition is not None:
-            out.append(transition)
+        if value is not None:
+            observe(judge, "dev-1", state, minute * MINUTE, value, out)
+    if until_minute is not None:
+        advance(judge, "dev-1", state, until_minute * MINUTE, out)
     return state, out
 
 
@@ -45,20 +45,55 @@ def kinds(out: list[AlertTransition]) -> list[tuple[TransitionKind, Level | None
     return [(t.kind, t.level) for t in out]
 
 
-def test_fires_only_after_the_level_held_for_the_duration() -> None:
-    _, out = run(depth(for_seconds=180), [12, 12, 25, 12])
+def minutes(out: list[AlertTransition]) -> list[float]:
+    return [t.observed_at.timestamp() / 60 for t in out]
+
+
+def test_each_level_must_hold_for_the_duration() -> None:
+    _, out = run(depth(for_seconds=180), [12, 12, 25, 25, 25, 12])
+    # blue held from minute 0: due at 3; yellow held from minute 2: due at 5, but the
+    # window closing at 6 shows blue again, which de-escalates at once.
     assert kinds(out) == [
-        (TransitionKind.FIRING, Level.YELLOW),  # the level of the window completing the run
+        (TransitionKind.FIRING, Level.BLUE),
+        (TransitionKind.LEVEL_CHANGED, Level.YELLOW),
         (TransitionKind.LEVEL_CHANGED, Level.BLUE),
     ]
-    assert out[0].opened_at.timestamp() == 3 * 60  # end of the third breaching window
+    assert minutes(out) == [3, 5, 6]
 
 
-def test_a_normal_window_or_a_gap_restarts_the_duration() -> None:
+def test_a_normal_window_restarts_the_duration_and_a_gap_holds_the_value() -> None:
     _, broken = run(depth(for_seconds=180), [12, 12, 5, 12, 12])
     assert broken == []
-    _, gap = run(depth(for_seconds=180), [12, 12, None, 12, 12])
-    assert gap == []
+    _, gap = run(depth(for_seconds=180), [12, None, None, 12])
+    assert kinds(gap) == [(TransitionKind.FIRING, Level.BLUE)]
+    assert minutes(gap) == [3]  # while no new data came, the held value kept counting
+
+
+def test_time_alone_fires_escalates_and_resolves() -> None:
+    # One breaching window then silence: the alert fires when the duration runs out.
+    _, out = run(depth(for_seconds=600), [55], until_minute=30)
+    assert kinds(out) == [(TransitionKind.FIRING, Level.RED)]
+    assert minutes(out) == [10]
+    # Clearing also completes with no new window.
+    _, cleared = run(depth(clear_for_seconds=300), [12, 1], until_minute=30)
+    assert kinds(cleared) == [(TransitionKind.FIRING, Level.BLUE), (TransitionKind.RESOLVED, None)]
+    assert minutes(cleared) == [1, 6]
+
+
+def test_advancing_in_steps_equals_advancing_at_once() -> None:
+    judge = Judge.of(depth(for_seconds=300, clear_for_seconds=120, expected_every_seconds=60))
+    values = [12, 25, None, 35, 60, None, None, 2, 2, None, None, None, None, None, None, 40]
+    once, stepped = ScopeState(), ScopeState()
+    out_once: list[AlertTransition] = []
+    out_stepped: list[AlertTransition] = []
+    for minute, value in enumerate(values):
+        if value is not None:
+            observe(judge, "d", once, minute * MINUTE, value, out_once)
+            observe(judge, "d", stepped, minute * MINUTE, value, out_stepped)
+        for second in range(0, 60, 7):  # the stepped one is told the time often
+            advance(judge, "d", stepped, minute * MINUTE + 60_000 + second * 1000, out_stepped)
+    assert out_once == out_stepped[: len(out_once)]
+    assert len(out_once) >= 4
 
 
 def test_escalation_de_escalation_and_hysteresis_clearing() -> None:
@@ -67,9 +102,10 @@ def test_escalation_de_escalation_and_hysteresis_clearing() -> None:
         (TransitionKind.FIRING, Level.BLUE),
         (TransitionKind.LEVEL_CHANGED, Level.RED),
         (TransitionKind.LEVEL_CHANGED, Level.ORANGE),
-        (TransitionKind.RESOLVED, None),  # 8 is inside the band (clear under 5), 4 clears
+        (TransitionKind.LEVEL_CHANGED, Level.BLUE),  # 8 is inside the band: open, lowest level
+        (TransitionKind.RESOLVED, None),  # 4 is under the clear threshold 5
     ]
-    assert [t.seq for t in out] == [1, 2, 3, 4]
+    assert [t.seq for t in out] == [1, 2, 3, 4, 5]
     assert len({t.alert_id for t in out}) == 1
     assert out[-1].occurrences == 3
     assert state.open is None
@@ -78,7 +114,26 @@ def test_escalation_de_escalation_and_hysteresis_clearing() -> None:
 def test_clearing_must_hold_for_clear_for_seconds() -> None:
     _, out = run(depth(clear_for_seconds=120), [12, 1, 12, 1, 1])
     assert kinds(out) == [(TransitionKind.FIRING, Level.BLUE), (TransitionKind.RESOLVED, None)]
-    assert out[-1].observed_at.timestamp() == 5 * 60
+    assert minutes(out) == [1, 5]
+
+
+def test_a_quiet_feed_raises_a_no_data_alert_and_data_resolves_it() -> None:
+    indicator = depth(expected_every_seconds=60)  # stale after 60 s window + 3 x 60 s
+    state, out = run(indicator, [12, 12], until_minute=20)
+    assert [(t.kind, t.condition) for t in out] == [
+        (TransitionKind.FIRING, Condition.THRESHOLD),
+        (TransitionKind.FIRING, Condition.NO_DATA),
+    ]
+    assert minutes(out) == [1, 6]  # last window ended at 2, + 4 minutes
+    assert out[1].level is None
+    assert state.open is not None  # the threshold alert stays open: nobody knows better
+    back: list[AlertTransition] = []
+    observe(Judge.of(indicator), "dev-1", state, 20 * MINUTE, 2.0, back)
+    assert [(t.kind, t.condition) for t in back] == [
+        (TransitionKind.RESOLVED, Condition.NO_DATA),
+        (TransitionKind.RESOLVED, Condition.THRESHOLD),
+    ]
+    assert back[0].alert_id == out[1].alert_id != out[0].alert_id
 
 
 def test_replay_gives_identical_ids() -> None:
@@ -104,6 +159,7 @@ def test_preview_equals_stepping_every_window() -> None:
 
     rng = np.random.default_rng(3)
     indicator = depth(for_seconds=120, clear_for_seconds=60)
+    judge = Judge.of(indicator, stale_factor=None)
     n = 4_000
     scope = rng.integers(0, 5, n).astype(np.int64)
     ts = rng.integers(0, 600 * MINUTE, n).astype(np.int64)
@@ -115,11 +171,11 @@ def test_preview_equals_stepping_every_window() -> None:
     states: dict[int, ScopeState] = {}
     for i in range(len(windows)):
         s = int(windows.scope[i])
-        state, transition = step(
-            indicator, ids[s], states.get(s, ScopeState()), int(windows.start[i]), windows.value[i]
-        )
-        states[s] = state
-        if transition is not None:
-            slow.append(transition)
+        state = states.setdefault(s, ScopeState())
+        observe(judge, ids[s], state, int(windows.start[i]), float(windows.value[i]), slow)
+    until = int(windows.start.max()) + MINUTE
+    for s, state in sorted(states.items()):
+        advance(judge, ids[s], state, until, slow)
     assert len(slow) > 20
-    assert fast.transitions == slow
+    key = lambda t: (t.scope_id, t.observed_at, t.seq)  # noqa: E731
+    assert sorted(fast.transitions, key=key) == sorted(slow, key=key)

@@ -1,0 +1,538 @@
+"""The live rules engine's state, pure: records of one partition in, what to emit out.
+
+Two stages, so that every indicator scope has exactly one owner while the readings of a
+district arrive on many partitions (they are keyed by device):
+
+- ``SourceTask``, one per partition of the readings or tickets topic. It folds records into
+  event-time windows with the vectorised core, counts and reports late ones, and closes a
+  window once the partition's watermark (highest event time minus the indicator's lateness)
+  passes its end. A device-scope window goes through the alert life cycle here; a grid,
+  street, district or city window leaves as a mergeable ``WindowPartial`` on the roll-up
+  topic, keyed by its scope, followed by a ``SourceMark`` of how far this partition has got.
+- ``RollupTask``, one per partition of the roll-up topic. It merges the partials of a window
+  from every source partition and closes it once every source's mark has passed its end.
+  Duplicates (a source re-emitting after a crash) overwrite themselves or arrive after the
+  window closed and are dropped, and merging does not depend on how sources interleave.
+
+Everything a task emits follows from its partition's records in log order (ticks included),
+so a task restored from a snapshot and fed the records after it emits what it emitted before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+from pydantic import ValidationError
+
+from rules import core
+from rules.indicators import Aggregation, Catalogue, Indicator, Profile, Source
+from rules.windows import Judge, ScopeState, advance, indicator_value, next_due, observe
+from schemas.alerts import AlertTransition, ScopeLevel
+from schemas.base import describe_errors
+from schemas.indicator_values import IndicatorValue
+from schemas.readings import READING_RECORD
+from schemas.rollup import ROLLUP_RECORD, SourceMark, WindowPartial
+from schemas.tickets import HotlineTicket
+
+NEVER = np.iinfo(np.int64).min
+ZERO_WHEN_EMPTY = (Aggregation.COUNT, Aggregation.SUM)  # a window with nothing in it is 0
+CITY = "city"
+
+
+class Definitions:
+    """The indicators in force: normal and emergency judges, and which records feed which."""
+
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        *,
+        emergency_districts: frozenset[str] = frozenset(),
+        city_emergency: bool = False,
+        stale_factor: float = 3.0,
+    ) -> None:
+        self.catalogue = catalogue
+        self.normal = {c: Judge.of(i, stale_factor) for c, i in catalogue.by_code.items()}
+        self.emergency = {
+            c: Judge.of(i.with_profile(Profile.EMERGENCY), stale_factor)
+            for c, i in catalogue.by_code.items()
+        }
+        self.emergency_districts = emergency_districts
+        self.city_emergency = city_emergency
+
+    def judge(self, code: str, district: str | None) -> Judge:
+        """The judge for a scope, emergency (急) when its district or the city is switched."""
+        if self.city_emergency or (district is not None and district in self.emergency_districts):
+            return self.emergency[code]
+        return self.normal[code]
+
+    def fed_by(self, source: Source, selector: str) -> list[Indicator]:
+        if source is Source.SENSOR:
+            return self.catalogue.by_metric.get(selector, [])
+        return self.catalogue.by_ticket_category.get(selector, [])
+
+
+@dataclass(slots=True)
+class Acc:
+    """A window's mergeable summary."""
+
+    count: int
+    total: int  # micro-units (core.MICRO): exact, so batches and sources merge in any order
+    low: float
+    high: float
+    first_ts: int
+    first: float
+    last_ts: int
+    last: float
+
+    def merge(self, other: Acc) -> None:
+        self.count += other.count
+        self.total += other.total
+        self.low = min(self.low, other.low)
+        self.high = max(self.high, other.high)
+        if (other.first_ts, other.first) < (self.first_ts, self.first):
+            self.first_ts, self.first = other.first_ts, other.first
+        if (other.last_ts, other.last) > (self.last_ts, self.last):
+            self.last_ts, self.last = other.last_ts, other.last
+
+    def value(self, aggregation: Aggregation) -> float:
+        match aggregation:
+            case Aggregation.LAST:
+                return self.last
+            case Aggregation.MEAN:
+                return self.total / self.count / core.MICRO
+            case Aggregation.MIN:
+                return self.low
+            case Aggregation.MAX:
+                return self.high
+            case Aggregation.SUM:
+                return self.total / core.MICRO
+            case Aggregation.COUNT:
+                return float(self.count)
+            case Aggregation.RATE_OF_CHANGE:
+                hours = (self.last_ts - self.first_ts) / core.MS_PER_HOUR
+                return (self.last - self.first) / hours if hours > 0 else 0.0
+
+    def partial(
+        self, indicator: Indicator, scope_id: str, district: str | None, start: int, source: str
+    ) -> WindowPartial:
+        return WindowPartial(
+            indicator=indicator.code,
+            scope_level=indicator.scope_level,
+            scope_id=scope_id,
+            district=district,
+            window_start_ms=start,
+            source=source,
+            count=self.count,
+            total=self.total,
+            low=self.low,
+            high=self.high,
+            first_ts=self.first_ts,
+            first=self.first,
+            last_ts=self.last_ts,
+            last=self.last,
+        )
+
+    @classmethod
+    def of(cls, p: WindowPartial) -> Acc:
+        return cls(p.count, p.total, p.low, p.high, p.first_ts, p.first, p.last_ts, p.last)
+
+
+@dataclass(slots=True)
+class Output:
+    """What a batch makes a task emit."""
+
+    transitions: list[AlertTransition] = field(default_factory=list)
+    values: list[IndicatorValue] = field(default_factory=list)
+    partials: list[WindowPartial] = field(default_factory=list)
+    marks: list[SourceMark] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (record index, reason)
+    late: int = 0
+
+
+@dataclass(slots=True)
+class Scopes:
+    """One indicator's scopes on one task: life cycles, and when time next changes one."""
+
+    states: dict[str, ScopeState] = field(default_factory=dict)
+    districts: dict[str, str | None] = field(default_factory=dict)
+    wake_ms: int | None = None  # earliest due time over all states; None: nothing pending
+
+    def close(
+        self,
+        defs: Definitions,
+        code: str,
+        scope_id: str,
+        start: int,
+        value: float,
+        samples: int,
+        out: Output,
+    ) -> None:
+        judge = defs.judge(code, self.districts.get(scope_id))
+        state = self.states.get(scope_id)
+        if state is None:
+            state = self.states[scope_id] = ScopeState()
+        zero = judge.indicator.aggregation in ZERO_WHEN_EMPTY and state.value != 0
+        if zero and state.last_end_ms is not None and state.last_end_ms < start:
+            self.close(defs, code, scope_id, state.last_end_ms, 0.0, 0, out)  # the gap counts 0
+        observe(judge, scope_id, state, start, value, out.transitions)
+        out.values.append(indicator_value(judge.indicator, scope_id, start, value, samples))
+        self._wake(self._due(judge, state))
+
+    @staticmethod
+    def _due(judge: Judge, state: ScopeState) -> int | None:
+        """When time alone next changes this scope; for counts and sums that includes the
+        end of the window after the last one with data, which counts zero."""
+        due = next_due(judge, state)
+        if judge.indicator.aggregation in ZERO_WHEN_EMPTY and state.value != 0:
+            assert state.last_end_ms is not None
+            empty_end = state.last_end_ms + judge.window_ms
+            due = empty_end if due is None else min(due, empty_end)
+        return due
+
+    def advance(self, defs: Definitions, code: str, clock: int, out: Output) -> None:
+        """Let time pass to ``clock`` for every scope with something due by then."""
+        if self.wake_ms is None or self.wake_ms > clock:
+            return
+        self.wake_ms = None
+        for scope_id, state in self.states.items():
+            judge = defs.judge(code, self.districts.get(scope_id))
+            due = self._due(judge, state)
+            if due is not None and due <= clock:
+                if judge.indicator.aggregation in ZERO_WHEN_EMPTY and state.value != 0:
+                    assert state.last_end_ms is not None
+                    if state.last_end_ms + judge.window_ms <= clock:  # no tickets: a zero
+                        self.close(defs, code, scope_id, state.last_end_ms, 0.0, 0, out)
+                advance(judge, scope_id, state, clock, out.transitions)
+                due = self._due(judge, state)
+            self._wake(due)
+
+    def _wake(self, due: int | None) -> None:
+        if due is not None and (self.wake_ms is None or due < self.wake_ms):
+            self.wake_ms = due
+
+
+def scope_of(level: ScopeLevel, device: str | None, location: dict[str, str | None]) -> str | None:
+    match level:
+        case ScopeLevel.DEVICE:
+            return device
+        case ScopeLevel.CITY:
+            return CITY
+        case _:
+            return location.get(level.value)
+
+
+@dataclass(slots=True)
+class _Observation:
+    pos: int
+    ts: int
+    selector: str  # metric of a reading, category of a ticket
+    value: float
+    device: str | None
+    location: dict[str, str | None]
+
+
+def decode_tick(raw: bytes) -> int:
+    """Event time carried by a tick record."""
+    data = orjson.loads(raw)
+    if not isinstance(data, dict) or not isinstance(data.get("tick"), int):
+        raise ValueError("tick: expected {'tick': <epoch ms>}")
+    return int(data["tick"])
+
+
+def encode_tick(ts_ms: int) -> bytes:
+    return orjson.dumps({"tick": ts_ms})
+
+
+@dataclass(slots=True)
+class SourceTask:
+    """Stage 1: one partition of the readings (or tickets) topic."""
+
+    topic: str
+    partition: int
+    partitions: int
+    source: Source
+    max_ts: int | None = None  # highest event time seen, ticks included
+    marked: int | None = None  # the highest max_ts sent as a mark
+    windows: dict[str, dict[tuple[str, int], Acc]] = field(default_factory=dict)
+    districts: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    scopes: dict[str, Scopes] = field(default_factory=dict)  # device-scope indicators
+    late: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.topic}:{self.partition}"
+
+    def process(self, defs: Definitions, records: Sequence[tuple[bytes, bool]]) -> Output:
+        """Fold a batch (raw value, is-tick) in log order into the windows; close what can be."""
+        out = Output()
+        stamps = np.full(len(records), NEVER, dtype=np.int64)
+        observations = self._decode(records, stamps, out)
+        seen = np.empty(len(records), dtype=np.int64)  # highest event time before each record
+        if len(records):
+            seen[0] = NEVER if self.max_ts is None else self.max_ts
+            if len(records) > 1:
+                np.maximum.accumulate(stamps[:-1], out=seen[1:])
+                np.maximum(seen[1:], seen[0], out=seen[1:])
+            top = int(max(seen[-1], stamps[-1]))
+            self.max_ts = None if top == NEVER else top
+        by_indicator: dict[str, list[tuple[_Observation, str]]] = {}
+        for obs in observations:
+            for indicator in defs.fed_by(self.source, obs.selector):
+                scope_id = scope_of(indicator.scope_level, obs.device, obs.location)
+                if scope_id is not None:
+                    by_indicator.setdefault(indicator.code, []).append((obs, scope_id))
+        for code, items in by_indicator.items():
+            self._fold(defs.catalogue.by_code[code], items, seen, out)
+        if self.max_ts is not None:
+            for indicator in defs.catalogue.by_code.values():
+                if indicator.source is self.source:
+                    self._close(defs, indicator, out)
+            if self.marked is None or self.max_ts > self.marked:
+                out.marks.append(
+                    SourceMark(
+                        topic=self.topic,
+                        partition=self.partition,
+                        partitions=self.partitions,
+                        max_ts_ms=self.max_ts,
+                    )
+                )
+                self.marked = self.max_ts
+        return out
+
+    def _decode(
+        self, records: Sequence[tuple[bytes, bool]], stamps: core.I64, out: Output
+    ) -> list[_Observation]:
+        found: list[_Observation] = []
+        for pos, (raw, tick) in enumerate(records):
+            try:
+                if tick:
+                    stamps[pos] = decode_tick(raw)
+                    continue
+                if self.source is Source.SENSOR:
+                    r = READING_RECORD.validate_json(raw)
+                    ts = int(r["ts"].timestamp() * 1000)
+                    loc = r.get("location") or {}
+                    where = {
+                        "grid": loc.get("grid"),
+                        "street": loc.get("street"),
+                        "district": loc.get("district"),
+                    }
+                    found.append(
+                        _Observation(pos, ts, r["metric"], float(r["value"]), r["device_id"], where)
+                    )
+                else:
+                    t = HotlineTicket.model_validate_json(raw)
+                    ts = int(t.reported_at.timestamp() * 1000)
+                    where = {
+                        "grid": t.location.grid,
+                        "street": t.location.street,
+                        "district": t.location.district,
+                    }
+                    found.append(_Observation(pos, ts, t.category, 1.0, None, where))
+                stamps[pos] = ts
+            except ValidationError as exc:
+                out.rejected.append((pos, describe_errors(exc)))
+            except ValueError as exc:
+                out.rejected.append((pos, str(exc)))
+        return found
+
+    def _fold(
+        self,
+        indicator: Indicator,
+        items: list[tuple[_Observation, str]],
+        seen: core.I64,
+        out: Output,
+    ) -> None:
+        code = indicator.code
+        window_ms = indicator.window_seconds * 1000
+        ids: dict[str, int] = {}
+        names: list[str] = []
+        districts = self.districts.setdefault(code, {})
+        scope = np.empty(len(items), dtype=np.int64)
+        ts = np.empty(len(items), dtype=np.int64)
+        value = np.empty(len(items), dtype=np.float64)
+        before = np.empty(len(items), dtype=np.int64)
+        for i, (obs, scope_id) in enumerate(items):
+            index = ids.get(scope_id)
+            if index is None:
+                index = ids[scope_id] = len(names)
+                names.append(scope_id)
+                if indicator.scope_level is not ScopeLevel.CITY:
+                    districts[scope_id] = obs.location.get("district")
+            scope[i], ts[i], value[i], before[i] = index, obs.ts, obs.value, seen[obs.pos]
+        ends = core.window_starts(ts, window_ms) + window_ms
+        late = (before != NEVER) & (ends <= before - indicator.allowed_lateness_seconds * 1000)
+        if late.any():
+            count = int(late.sum())
+            out.late += count
+            self.late[code] = self.late.get(code, 0) + count
+            keep = ~late
+            scope, ts, value = scope[keep], ts[keep], value[keep]
+        p = core.partials(scope, ts, value, window_ms)
+        windows = self.windows.setdefault(code, {})
+        for i in range(len(p)):
+            key = (names[int(p.scope[i])], int(p.start[i]))
+            acc = Acc(
+                int(p.count[i]),
+                int(p.total[i]),
+                float(p.low[i]),
+                float(p.high[i]),
+                int(p.first_ts[i]),
+                float(p.first[i]),
+                int(p.last_ts[i]),
+                float(p.last[i]),
+            )
+            found = windows.get(key)
+            if found is None:
+                windows[key] = acc
+            else:
+                found.merge(acc)
+
+    def _close(self, defs: Definitions, indicator: Indicator, out: Output) -> None:
+        assert self.max_ts is not None
+        code = indicator.code
+        window_ms = indicator.window_seconds * 1000
+        watermark = self.max_ts - indicator.allowed_lateness_seconds * 1000
+        windows = self.windows.get(code)
+        closing = sorted(
+            (k for k in windows or () if k[1] + window_ms <= watermark), key=lambda k: (k[1], k[0])
+        )
+        districts = self.districts.get(code, {})
+        if indicator.scope_level is ScopeLevel.DEVICE:
+            scopes = self.scopes.get(code)
+            if scopes is None:
+                scopes = self.scopes[code] = Scopes()
+            scopes.districts = districts
+            for key in closing:
+                acc = windows.pop(key)  # type: ignore[union-attr]
+                value = acc.value(indicator.aggregation)
+                scopes.close(defs, code, key[0], key[1], value, acc.count, out)
+            scopes.advance(defs, code, watermark, out)
+            return
+        for key in closing:
+            acc = windows.pop(key)  # type: ignore[union-attr]
+            out.partials.append(
+                acc.partial(indicator, key[0], districts.get(key[0]), key[1], self.name)
+            )
+
+
+@dataclass(slots=True)
+class RollupTask:
+    """Stage 2: one partition of the roll-up topic, owner of the grid..city scopes keyed to it."""
+
+    topics: dict[Source, str]  # the source topic of each kind of indicator
+    marks: dict[str, int] = field(default_factory=dict)  # 'topic:partition' -> max event time
+    partitions: dict[str, int] = field(default_factory=dict)  # topic -> partitions
+    windows: dict[str, dict[tuple[str, int], dict[str, Acc]]] = field(default_factory=dict)
+    districts: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    scopes: dict[str, Scopes] = field(default_factory=dict)
+    duplicates: int = 0
+
+    def high_water(self, topic: str) -> int | None:
+        """Event time every partition of ``topic`` has reached; None until all have reported."""
+        n = self.partitions.get(topic)
+        if n is None:
+            return None
+        marks = [self.marks.get(f"{topic}:{p}") for p in range(n)]
+        return None if any(m is None for m in marks) else min(m for m in marks if m is not None)
+
+    def _watermark(self, indicator: Indicator) -> int | None:
+        top = self.high_water(self.topics[indicator.source])
+        return None if top is None else top - indicator.allowed_lateness_seconds * 1000
+
+    def process(self, defs: Definitions, records: Iterable[bytes]) -> Output:
+        out = Output()
+        for pos, raw in enumerate(records):
+            try:
+                record = ROLLUP_RECORD.validate_json(raw)
+            except ValidationError as exc:
+                out.rejected.append((pos, describe_errors(exc)))
+                continue
+            if isinstance(record, SourceMark):
+                name = f"{record.topic}:{record.partition}"
+                self.marks[name] = max(self.marks.get(name, record.max_ts_ms), record.max_ts_ms)
+                self.partitions[record.topic] = record.partitions
+                continue
+            indicator = defs.catalogue.by_code.get(record.indicator)
+            if indicator is None:
+                continue  # a definition withdrawn since
+            watermark = self._watermark(indicator)
+            end = record.window_start_ms + indicator.window_seconds * 1000
+            if watermark is not None and end <= watermark:
+                self.duplicates += 1  # re-sent after its window closed here
+                continue
+            windows = self.windows.setdefault(indicator.code, {})
+            sources = windows.setdefault((record.scope_id, record.window_start_ms), {})
+            sources[record.source] = Acc.of(record)
+            self.districts.setdefault(indicator.code, {})[record.scope_id] = record.district
+        for indicator in defs.catalogue.by_code.values():
+            if indicator.scope_level is not ScopeLevel.DEVICE:
+                self._close(defs, indicator, out)
+        return out
+
+    def _close(self, defs: Definitions, indicator: Indicator, out: Output) -> None:
+        watermark = self._watermark(indicator)
+        if watermark is None:
+            return
+        code = indicator.code
+        window_ms = indicator.window_seconds * 1000
+        windows = self.windows.get(code, {})
+        closing = sorted(
+            (k for k in windows if k[1] + window_ms <= watermark), key=lambda k: (k[1], k[0])
+        )
+        scopes = self.scopes.get(code)
+        if scopes is None:
+            scopes = self.scopes[code] = Scopes()
+        scopes.districts = self.districts.setdefault(code, {})
+        for key in closing:
+            parts = windows.pop(key)
+            merged: Acc | None = None
+            for source in sorted(parts):
+                acc = parts[source]
+                if merged is None:
+                    merged = Acc(
+                        acc.count,
+                        acc.total,
+                        acc.low,
+                        acc.high,
+                        acc.first_ts,
+                        acc.first,
+                        acc.last_ts,
+                        acc.last,
+                    )
+                else:
+                    merged.merge(acc)
+            assert merged is not None
+            scopes.close(
+                defs, code, key[0], key[1], merged.value(indicator.aggregation), merged.count, out
+            )
+        scopes.advance(defs, code, watermark, out)
+
+
+def replay(
+    defs: Definitions,
+    logs: Mapping[tuple[str, int], Sequence[tuple[bytes, bool]]],
+    partitions: dict[str, int],
+    sources: dict[Source, str],
+) -> Output:
+    """Everything the engine emits for whole partition logs, in one pass and one process: the
+    reference the live engine's output (any batching, crashes, group members) must equal."""
+    total = Output()
+    rollup = RollupTask(topics=sources)
+    feed: list[bytes] = []
+    for (topic, partition), records in sorted(logs.items()):
+        source = next(kind for kind, name in sources.items() if name == topic)
+        task = SourceTask(topic, partition, partitions[topic], source)
+        out = task.process(defs, records)
+        total.transitions += out.transitions
+        total.values += out.values
+        total.late += out.late
+        feed += [p.model_dump_json().encode() for p in out.partials]
+        feed += [m.model_dump_json().encode() for m in out.marks]
+    out = rollup.process(defs, feed)
+    total.transitions += out.transitions
+    total.values += out.values
+    return total
