@@ -58,12 +58,18 @@ def late_mask(ts: I64, window_ms: int, lateness_ms: int, watermark: int | None =
     seen = np.empty(n, dtype=np.int64)
     seen[0] = np.iinfo(np.int64).min if watermark is None else watermark + lateness_ms
     if n > 1:
-        seen[1:] = np.maximum.accumulate(ts[:-1])
+        np.maximum.accumulate(ts[:-1], out=seen[1:])
         if watermark is not None:
             np.maximum(seen[1:], watermark + lateness_ms, out=seen[1:])
-    ends = window_starts(ts, window_ms) + window_ms
-    known = seen != np.iinfo(np.int64).min
-    result: Bool = known & (ends <= seen - lateness_ms)
+    # In place, on one scratch array each: this runs over every reading of a batch.
+    unknown = seen[0] == np.iinfo(np.int64).min  # only the first can have seen nothing
+    seen -= lateness_ms
+    ends = ts // window_ms
+    ends += 1
+    ends *= window_ms
+    result: Bool = ends <= seen
+    if unknown:
+        result[0] = False
     return result
 
 
@@ -79,17 +85,23 @@ def aggregate(
     if n == 0:
         empty_i = np.zeros(0, dtype=np.int64)
         return WindowValues(empty_i, empty_i, np.zeros(0, dtype=np.float64), empty_i)
-    start = window_starts(ts, window_ms)
-    # One int64 key per (scope, window): a single sort key instead of two.
-    low = int(start.min())
-    span = (int(start.max()) - low) // window_ms + 1
-    key = scope * span + (start - low) // window_ms
+    # One int64 key per (scope, window): a single sort key instead of two. Two new arrays in
+    # all (fresh memory costs more than arithmetic at history sizes), the rest in place.
+    index = ts // window_ms  # becomes ``start`` below
+    first_index = int(index.min())
+    span = int(index.max()) - first_index + 1
+    low = first_index * window_ms
+    key = scope * span
+    key += index
+    key -= first_index
     if aggregation in _ADDITIVE and scope.max() * span + span <= max(4 * n, 1 << 16):
         return _aggregate_dense(key, value, low, span, window_ms, aggregation)
+    start = index
+    start *= window_ms
     in_order = aggregation in (Aggregation.LAST, Aggregation.RATE_OF_CHANGE)
     if in_order and not _grouped_in_time_order(key, ts, value):
         order = np.lexsort((value, ts, key))
-    elif not in_order and (np.diff(key) < 0).any():
+    elif not in_order and bool((key[1:] < key[:-1]).any()):  # a bool array, not an int diff
         order = np.argsort(key, kind="stable")
     else:
         order = None
@@ -104,14 +116,14 @@ def aggregate(
     new = np.empty(n, dtype=np.bool_)
     new[0] = True
     np.not_equal(key[1:], key[:-1], out=new[1:])
-    first = np.flatnonzero(new)
-    if first.shape[0] == n:  # one reading per window (e.g. 1-minute history): no reductions
-        ones = np.ones(n, dtype=np.int64)
+    if new.all():  # one reading per window (e.g. 1-minute history): no reductions
+        ones = np.broadcast_to(np.int64(1), (n,))  # read-only, and free at any size
         if aggregation is Aggregation.COUNT:
             return WindowValues(scope, start, ones.astype(np.float64), ones)
         if aggregation is Aggregation.RATE_OF_CHANGE:
             return WindowValues(scope, start, np.zeros(n, dtype=np.float64), ones)
         return WindowValues(scope, start, value.astype(np.float64, copy=False), ones)
+    first = np.flatnonzero(new)
     last = np.empty_like(first)
     last[:-1] = first[1:] - 1
     last[-1] = n - 1
@@ -182,7 +194,11 @@ def levels(indicator: Indicator, value: F64) -> I8:
         if indicator.band is not None:
             severity = np.maximum(indicator.band.low - value, value - indicator.band.high)
         rank = np.searchsorted(thresholds, severity, side="right")
-    return np.where(np.isnan(severity), 0, rank).astype(np.int8)
+    out: I8 = rank.astype(np.int8)
+    missing = np.isnan(severity)
+    if missing.any():  # NaN sorts past every threshold; it reaches no level
+        out[missing] = 0
+    return out
 
 
 @dataclass(frozen=True, slots=True)

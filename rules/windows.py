@@ -8,8 +8,8 @@ resolves when its duration runs out even if no new reading arrives:
 - The alert stands at level L once the value has been at L or above for ``for_seconds``
   (counted from the start of the first window of the run, never before that window closed).
   It fires at the lowest such level and escalates as higher ones come due.
-- A value below the current level de-escalates at once (never below the lowest level while
-  the alert is open).
+- A value below the current level de-escalates at once; inside the hysteresis band, to the
+  lowest level (a value past the clear threshold resolves it instead, see below).
 - It resolves once the value has stayed past the clear threshold (lowest threshold minus
   hysteresis) for ``clear_for_seconds``; values inside the hysteresis band keep it open.
 - Staleness: no window with data for ``window + expected_every x factor`` after the last one
@@ -167,8 +167,10 @@ def observe(
                 state.clear_due = max(start_ms + judge.clear_for_ms, end)
         else:
             state.clear_due = None
-        to = max(rank, 1)
-        if to < current:
+        # Down to the value's level at once; inside the hysteresis band, down to the lowest
+        # level. A value past the clear threshold leaves the level alone: it resolves instead.
+        to = rank if rank > 0 else (0 if state.clear_due is not None else 1)
+        if 0 < to < current:
             changed = state.open = replace(alert, level=judge.levels[to - 1], seq=alert.seq + 1)
             out.append(
                 transition(
