@@ -1,5 +1,5 @@
 """End-to-end smoke figures for the local stack: ingest rate beside a bare uvicorn endpoint,
-time until every accepted reading is stored, and reading-to-alert latency through the API.
+time until every accepted reading is stored, and closed-window-to-alert latency via the API.
 
     python -m bench.pipeline [--readings 200000] [--batch 5000] [--alerts 50]
 
@@ -117,16 +117,24 @@ def main() -> None:
 
         latencies = []
         with httpx.Client(timeout=30, headers={"authorization": f"Bearer {key}"}) as client:
+            # The engine judges closed event-time windows: an alert waits for its window to end
+            # and for the allowed lateness (60 s + 30 s for waterlogging), by definition. What
+            # is timed here is the rest: each breaching reading comes with a later one that
+            # closes its window, so the figure is the pipeline's own delay. Each device writes
+            # a few minutes after the previous one, so no window is late on its partition.
+            base = datetime.now(UTC) + timedelta(minutes=5)
             for k in range(args.alerts):
                 device = f"latency-{k}"
+                at = base + timedelta(minutes=3 * k)
                 body = [
                     {
                         "device_id": device,
                         "metric": "waterlogging_depth",
                         "value": 60.0,
                         "unit": "cm",
-                        "ts": datetime.now(UTC).isoformat(),
+                        "ts": when.isoformat(),
                     }
+                    for when in (at, at + timedelta(minutes=2))
                 ]
                 start = time.perf_counter()
                 client.post(f"{ingest}/api/v1/readings", json=body).raise_for_status()
@@ -163,8 +171,8 @@ def main() -> None:
         f"({args.readings / stored_after:,.0f} readings/s end to end)"
     )
     print(
-        f"reading -> alert via the API:      p50 {q[49]:.0f} ms, p99 {q[98]:.0f} ms "
-        f"(n={len(latencies)}, idle stack)"
+        f"closed window -> alert via the API: p50 {q[49]:.0f} ms, p99 {q[98]:.0f} ms "
+        f"(n={len(latencies)}, idle stack; plus the window and allowed lateness)"
     )
 
 

@@ -49,9 +49,10 @@ def ahead(hours: int) -> datetime:
 
 
 def closing(device: str, value: float, after: datetime) -> dict[str, object]:
-    """A later reading of the same value: moves the partition's event time past the
-    allowed lateness, so the windows before it close."""
-    return reading(device, value, after + timedelta(minutes=5))
+    """A later reading of the same value: moves the partition's event time past the window
+    and its allowed lateness (30 s), so the windows before it close; not so far that the
+    device would count as quiet (no data for 60 s + 3 x 60 s after its last window)."""
+    return reading(device, value, after + timedelta(minutes=2))
 
 
 def firing_alerts(client: httpx.Client, stack: Stack, device: str) -> list[dict[str, object]]:
