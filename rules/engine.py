@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import orjson
@@ -214,6 +215,21 @@ class Scopes:
             self.wake_ms = due
 
 
+def _shape(indicator: Indicator) -> tuple[int, str]:
+    return indicator.window_seconds, indicator.aggregation.value
+
+
+def _reshape(defs: Definitions, shapes: dict[str, tuple[int, str]], windows: dict[str, Any]
+             ) -> None:  # fmt: skip
+    """A definition whose window or aggregation changed (hot reload) starts its open windows
+    afresh: a half-filled window of the old shape means nothing under the new one."""
+    for code, indicator in defs.catalogue.by_code.items():
+        shape = _shape(indicator)
+        if shapes.get(code, shape) != shape:
+            windows.pop(code, None)
+        shapes[code] = shape
+
+
 def scope_of(level: ScopeLevel, device: str | None, location: dict[str, str | None]) -> str | None:
     match level:
         case ScopeLevel.DEVICE:
@@ -260,6 +276,7 @@ class SourceTask:
     districts: dict[str, dict[str, str | None]] = field(default_factory=dict)
     scopes: dict[str, Scopes] = field(default_factory=dict)  # device-scope indicators
     late: dict[str, int] = field(default_factory=dict)
+    shapes: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -268,6 +285,7 @@ class SourceTask:
     def process(self, defs: Definitions, records: Sequence[tuple[bytes, bool]]) -> Output:
         """Fold a batch (raw value, is-tick) in log order into the windows; close what can be."""
         out = Output()
+        _reshape(defs, self.shapes, self.windows)
         stamps = np.full(len(records), NEVER, dtype=np.int64)
         observations = self._decode(records, stamps, out)
         seen = np.empty(len(records), dtype=np.int64)  # highest event time before each record
@@ -430,6 +448,7 @@ class RollupTask:
     districts: dict[str, dict[str, str | None]] = field(default_factory=dict)
     scopes: dict[str, Scopes] = field(default_factory=dict)
     duplicates: int = 0
+    shapes: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def high_water(self, topic: str) -> int | None:
         """Event time every partition of ``topic`` has reached; None until all have reported."""
@@ -445,6 +464,7 @@ class RollupTask:
 
     def process(self, defs: Definitions, records: Iterable[bytes]) -> Output:
         out = Output()
+        _reshape(defs, self.shapes, self.windows)
         for pos, raw in enumerate(records):
             try:
                 record = ROLLUP_RECORD.validate_json(raw)

@@ -282,3 +282,17 @@ def test_emergency_districts_use_the_emergency_thresholds() -> None:
                       {READINGS: 1}, SOURCES)  # fmt: skip
     fired = {t.scope_id for t in switched.transitions if t.indicator == "water.depth" and t.level}
     assert fired == {"a"}
+
+
+def test_a_reloaded_window_size_starts_open_windows_afresh() -> None:
+    task = SourceTask(READINGS, 0, 1, Source.SENSOR)
+    task.process(Definitions(catalogue()), [reading("a", "d1", T0 + 1_000, 40.0)])
+    wider = Catalogue(
+        Indicator.model_validate({**i.model_dump(), "window_seconds": 120})
+        if i.code == "water.depth"
+        else i
+        for i in catalogue().by_code.values()
+    )
+    out = task.process(Definitions(wider), [tick(T0 + 10 * MINUTE)])
+    # The one-minute window holding 40 cm was dropped, not closed as a two-minute one.
+    assert not [v for v in out.values if v.indicator == "water.depth"]
