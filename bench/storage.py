@@ -105,9 +105,10 @@ def count(url: str) -> int:
     return int(row[0]) if row else 0
 
 
-def writer_process(settings: Settings, values: list[bytes], logs: Path) -> float:
-    """Rows/s of a writer process consuming the readings from the broker, from the first row
-    stored to the last (process start-up and the group join are not counted)."""
+def writer_process(settings: Settings, values: list[bytes], logs: Path, writers: int = 1) -> float:
+    """Rows/s of ``writers`` writer processes (one consumer group) consuming the readings from
+    the broker, from the first row stored to the last (process start-up and the group join are
+    not counted)."""
     import os
     import subprocess
     import sys
@@ -136,10 +137,15 @@ def writer_process(settings: Settings, values: list[bytes], logs: Path) -> float
     url = settings.db.url.get_secret_value()
     with (logs / "writer.log").open("ab") as out:
         began = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "writer", "--no-migrate"],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "writer", "--no-migrate"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+            for _ in range(writers)
+        ]
         try:
             first: tuple[float, int] | None = None
             while (stored := count(url)) < len(values):
@@ -152,7 +158,8 @@ def writer_process(settings: Settings, values: list[bytes], logs: Path) -> float
                 raise RuntimeError("every row arrived in one batch: use more --rows")
             return (len(values) - first[1]) / (time.perf_counter() - first[0])
         finally:
-            stop_process(proc, timeout=30)
+            for proc in procs:
+                stop_process(proc, timeout=30)
 
 
 def load_history(url: str, days: int, scopes: int, interval: timedelta) -> int:
@@ -226,6 +233,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=300_000, help="Rows for the load figures.")
     parser.add_argument("--batch", type=int, default=5_000, help="Records per writer batch.")
+    parser.add_argument(
+        "--writers", type=int, default=2, help="Writer processes from the broker (deploy/: 2)."
+    )
+    parser.add_argument("--no-history", action="store_true", help="Load figures only.")
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--scopes", type=int, default=1000)
     parser.add_argument("--interval-minutes", type=float, default=5.0)
@@ -265,8 +276,15 @@ def main() -> None:
         print(f"  raw binary COPY      {raw:>12,.0f} rows/s   (reference)")
         core = writer_core(settings("core", "bench-core"), values, args.batch)
         print(f"  writer core          {core:>12,.0f} rows/s   {core / raw:5.2f} x raw")
-        proc = writer_process(settings("writer", f"bench{uuid.uuid4().hex[:6]}"), values, work)
-        print(f"  writer from broker   {proc:>12,.0f} rows/s   {proc / raw:5.2f} x raw")
+        proc = writer_process(
+            settings("writer", f"bench{uuid.uuid4().hex[:6]}"), values, work, args.writers
+        )
+        print(
+            f"  writer from broker   {proc:>12,.0f} rows/s   {proc / raw:5.2f} x raw"
+            f"   ({args.writers} writer processes, one group)"
+        )
+        if args.no_history:
+            return
 
         interval = timedelta(minutes=args.interval_minutes)
         history = databases["history"]

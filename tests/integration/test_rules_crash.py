@@ -16,16 +16,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
-import psycopg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
-from rules.engine import Definitions, encode_tick, replay
-from rules.indicators import Catalogue, Source
+from bench.kafkalog import end_offsets, expected, read_log, saved_offsets, tick_all
 from schemas.alerts import AlertTransition, ScopeLevel
 from schemas.indicator_values import IndicatorValue
 from services.config import KafkaSettings
-from services.kafka import TICK_HEADER, ensure_topics, is_tick
+from services.kafka import ensure_topics
 from services.local.broker import LocalBroker
 from services.local.postgres import LocalPostgres
 from tests.integration.conftest import eventually, fresh_database, spawn, stack_env
@@ -84,61 +82,6 @@ async def produce(
         await producer.stop()
 
 
-async def tick_all(kafka: KafkaSettings, at: datetime) -> None:
-    """A tick into every source partition: event time moves on everywhere, windows close."""
-    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
-    await producer.start()
-    try:
-        for topic in (kafka.topics.readings, kafka.topics.tickets):
-            for p in range(PARTITIONS):
-                await producer.send_and_wait(
-                    topic,
-                    encode_tick(int(at.timestamp() * 1000)),
-                    partition=p,
-                    headers=[(TICK_HEADER, b"1")],
-                )
-    finally:
-        await producer.stop()
-
-
-async def read_log(kafka: KafkaSettings, topic: str) -> dict[int, list[tuple[bytes, bool]]]:
-    """Every record of every partition of a topic, in offset order, ticks marked."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        logs: dict[int, list[tuple[bytes, bool]]] = {p: [] for p in range(PARTITIONS)}
-        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            batch = await consumer.getmany(timeout_ms=500)
-            for tp, records in batch.items():
-                logs[tp.partition] += [(r.value or b"", is_tick(r)) for r in records]
-        return logs
-    finally:
-        await consumer.stop()
-
-
-async def end_offsets(kafka: KafkaSettings, topics: list[str]) -> dict[tuple[str, int], int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
-        return {(tp.topic, tp.partition): o for tp, o in (await consumer.end_offsets(tps)).items()}
-    finally:
-        await consumer.stop()
-
-
-def saved_offsets(db_url: str, group: str) -> dict[tuple[str, int], int]:
-    with psycopg.connect(db_url) as conn:
-        rows = conn.execute(
-            "SELECT topic, partition, next_offset FROM rules_state WHERE consumer_group = %s",
-            (group,),
-        ).fetchall()
-    return {(t, p): o for t, p, o in rows}
-
-
 class Engines:
     """Rules engine processes against one topic namespace and database."""
 
@@ -194,19 +137,7 @@ class Engines:
 
     def reference(self) -> tuple[dict[object, AlertTransition], dict[object, IndicatorValue]]:
         """One uninterrupted pass of the pure engine over the same partition logs."""
-        topics = self.kafka.topics
-        logs = {
-            (topic, p): records
-            for topic in (topics.readings, topics.tickets)
-            for p, records in asyncio.run(read_log(self.kafka, topic)).items()
-        }
-        out = replay(
-            Definitions(Catalogue.from_yaml()),
-            logs,
-            {topics.readings: PARTITIONS, topics.tickets: PARTITIONS},
-            {Source.SENSOR: topics.readings, Source.TICKETS: topics.tickets},
-        )
-        return {t.transition_id: t for t in out.transitions}, {v.value_id: v for v in out.values}
+        return asyncio.run(expected(self.kafka))
 
 
 @pytest.fixture
