@@ -1,0 +1,223 @@
+"""Our rules engine beside a peer stream processor, Quix Streams, on the same records through
+the same broker on the same machine, in the same run.
+
+    python -m bench.peer [--readings 600000] [--devices 1000]
+
+The records: waterlogging depths from ``--devices`` gauges, one every 10 s of event time each,
+rising and falling through the thresholds, on a 3-partition topic keyed by device. The work,
+the same threshold indicator in both: per device, tumbling 60 s event-time windows (time from
+the reading's ``ts``) with 30 s allowed lateness, the window's maximum, its warning level
+(blue 10, yellow 20, orange 30, red 50 cm), and a record out each time a device's level
+changes. Ours (a ``city-vitals rules`` process, the whole default catalogue loaded) also applies
+hysteresis and staleness, emits every window's value, and saves its state with its offsets in
+PostgreSQL every second; Quix keeps its window and level state in RocksDB with changelog
+topics, as it does by default. Each is timed from its first processed record to its last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from pydantic import SecretStr
+
+from bench.kafkalog import end_offsets, saved_offsets
+from services.config import DatabaseSettings, KafkaSettings
+from services.db import migrate
+from services.kafka import ensure_topics, make_producer
+from services.local.broker import LocalBroker
+from services.local.postgres import LocalPostgres
+from services.local.processes import free_port, stop_process
+
+THRESHOLDS = (10.0, 20.0, 30.0, 50.0)
+PARTITIONS = 3
+
+
+def records(count: int, devices: int) -> list[tuple[bytes, bytes]]:
+    t0 = datetime(2026, 7, 1, tzinfo=UTC)
+    out = []
+    for i in range(count):
+        device, step = i % devices, i // devices
+        at = t0 + timedelta(seconds=10 * step, milliseconds=device)
+        depth = max(0.0, 30 + 30 * math.sin(step / 20 + device))
+        name = f"wl-{device:05d}"
+        body = {
+            "device_id": name,
+            "metric": "waterlogging_depth",
+            "value": round(depth, 2),
+            "unit": "cm",
+            "ts": at.isoformat(),
+            "location": {"district": f"d{device % 11}", "street": f"s{device % 170}"},
+        }
+        out.append((name.encode(), orjson.dumps(body)))
+    return out
+
+
+async def fill(kafka: KafkaSettings, data: list[tuple[bytes, bytes]]) -> None:
+    # Quix derives its changelog topics' settings from the source topic's retention, which
+    # the broker only reports when it was set: create the readings topic with it.
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        retention = {"retention.ms": "-1", "retention.bytes": "-1"}
+        await admin.create_topics(
+            [NewTopic(kafka.topics.readings, PARTITIONS, 1, topic_configs=retention)]
+        )
+    finally:
+        await admin.close()
+    await ensure_topics(kafka)
+    producer = make_producer(kafka)
+    await producer.start()
+    try:
+        sends = [await producer.send(kafka.topics.readings, v, key=k) for k, v in data]
+        await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+
+
+def ours(kafka: KafkaSettings, db_url: str, total: int, logs: Path) -> tuple[float, int]:
+    """Seconds from the first records the engine saved as processed to the last, and the
+    transitions it emitted."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CITY_VITALS_")}
+    env.update(
+        CITY_VITALS_KAFKA__BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
+        CITY_VITALS_KAFKA__TOPIC_PREFIX=kafka.topic_prefix,
+        CITY_VITALS_DB__URL=db_url,
+        CITY_VITALS_RULES__CONSUMER_GROUP="bench-rules",
+        CITY_VITALS_RULES__TICK_SECONDS="3600",
+    )
+    readings = kafka.topics.readings
+    with (logs / "rules.log").open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "rules"],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        first: tuple[float, int] | None = None
+        while True:
+            done = sum(
+                n for (t, _), n in saved_offsets(db_url, "bench-rules").items() if t == readings
+            )
+            now = time.perf_counter()
+            if first is None and done:
+                first = (now, done)
+            if done >= total:
+                break
+            time.sleep(0.05)
+        assert first is not None
+        if first[1] >= total:
+            raise RuntimeError("everything was saved at once: use more --readings")
+        elapsed = (now - first[0]) * total / (total - first[1])
+    finally:
+        stop_process(proc, timeout=30)
+    ends = asyncio.run(end_offsets(kafka, [kafka.topics.alerts]))
+    return elapsed, sum(ends.values())
+
+
+def quix(kafka: KafkaSettings, total: int, state_dir: Path) -> tuple[float, int]:
+    """Seconds from Quix's first processed record to its last, and the level changes it
+    emitted."""
+    from quixstreams import Application
+    from quixstreams.dataframe.windows import Max
+    from quixstreams.models import TimestampType
+
+    def event_time(value: Any, headers: Any, timestamp: float, kind: TimestampType) -> int:
+        return int(datetime.fromisoformat(value["ts"]).timestamp() * 1000)
+
+    marks: dict[str, float] = {}
+    processed = 0
+    changes = 0
+
+    def on_processed(topic: str, partition: int, offset: int) -> None:
+        nonlocal processed
+        processed += 1
+        now = time.perf_counter()
+        marks.setdefault("first", now)
+        if processed >= total:
+            marks["last"] = now
+            app.stop()
+
+    def level(window: dict[str, Any], state: Any) -> dict[str, Any] | None:
+        nonlocal changes
+        rank = sum(1 for t in THRESHOLDS if window["value"] >= t)
+        if rank == state.get("rank", 0):
+            return None
+        state.set("rank", rank)
+        changes += 1
+        return {"start": window["start"], "rank": rank}
+
+    app = Application(
+        broker_address=kafka.bootstrap_servers,
+        consumer_group="bench-quix",
+        auto_offset_reset="earliest",
+        state_dir=str(state_dir),
+        on_message_processed=on_processed,
+        loglevel="WARNING",
+    )
+    source = app.topic(
+        kafka.topics.readings, value_deserializer="json", timestamp_extractor=event_time
+    )
+    sink = app.topic("bench-quix-alerts", value_serializer="json")
+    sdf = app.dataframe(source)
+    sdf = sdf.apply(lambda reading: reading["value"])
+    sdf = sdf.tumbling_window(timedelta(seconds=60), grace_ms=30_000).agg(value=Max()).final()
+    sdf = sdf.apply(level, stateful=True).filter(lambda change: change is not None)
+    sdf.to_topic(sink)
+    watchdog = threading.Timer(900, app.stop)
+    watchdog.start()
+    try:
+        app.run()
+    finally:
+        watchdog.cancel()
+    if "last" not in marks:
+        raise RuntimeError(f"Quix processed {processed:,} of {total:,} records")
+    return marks["last"] - marks["first"], changes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--readings", type=int, default=600_000)
+    parser.add_argument("--devices", type=int, default=1_000)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="city-vitals-peer-", dir="/tmp"))
+    work.chmod(0o755)
+    pg = LocalPostgres(work / "pg", free_port(), work / "postgres.log")
+    broker = LocalBroker(free_port(), work / "broker.log")
+    pg.init()
+    pg.start()
+    broker.start()
+    try:
+        db_url = pg.create_database("peer")
+        migrate(DatabaseSettings(url=SecretStr(db_url)))
+        kafka = KafkaSettings(
+            bootstrap_servers=broker.bootstrap, topic_prefix="peer", partitions=PARTITIONS
+        )
+        data = records(args.readings, args.devices)
+        asyncio.run(fill(kafka, data))
+        print(f"{args.readings:,} readings from {args.devices:,} gauges on {PARTITIONS} partitions")
+        took, emitted = ours(kafka, db_url, args.readings, work)
+        our_rate = args.readings / took
+        print(f"  city-vitals rules  {our_rate:>10,.0f} readings/s   {emitted:,} transitions")
+        took, changes = quix(kafka, args.readings, work / "quix-state")
+        peer_rate = args.readings / took
+        print(f"  Quix Streams       {peer_rate:>10,.0f} readings/s   {changes:,} level changes")
+        print(f"  ratio ours / Quix  {our_rate / peer_rate:>10.2f}x")
+    finally:
+        broker.stop()
+        pg.stop()
+
+
+if __name__ == "__main__":
+    main()
