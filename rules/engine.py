@@ -369,18 +369,20 @@ class SourceTask:
         ids: dict[str, int] = {}
         names: list[str] = []
         districts = self.districts.setdefault(code, {})
-        scope = np.empty(len(items), dtype=np.int64)
-        ts = np.empty(len(items), dtype=np.int64)
-        value = np.empty(len(items), dtype=np.float64)
-        before = np.empty(len(items), dtype=np.int64)
-        for i, (obs, scope_id) in enumerate(items):
+        scopes: list[int] = []
+        for obs, scope_id in items:
             index = ids.get(scope_id)
             if index is None:
                 index = ids[scope_id] = len(names)
                 names.append(scope_id)
                 if indicator.scope_level is not ScopeLevel.CITY:
                     districts[scope_id] = obs.location.get("district")
-            scope[i], ts[i], value[i], before[i] = index, obs.ts, obs.value, seen[obs.pos]
+            scopes.append(index)
+        # Whole columns at once: item-by-item stores into numpy arrays cost more than this.
+        scope = np.array(scopes, dtype=np.int64)
+        ts = np.array([obs.ts for obs, _ in items], dtype=np.int64)
+        value = np.array([obs.value for obs, _ in items], dtype=np.float64)
+        before = seen[np.array([obs.pos for obs, _ in items], dtype=np.int64)]
         ends = core.window_starts(ts, window_ms) + window_ms
         late = (before != NEVER) & (ends <= before - indicator.allowed_lateness_seconds * 1000)
         if late.any():

@@ -194,14 +194,19 @@ def _at_or_before(due: int | None, when: int) -> bool:
 
 def next_due(judge: Judge, state: ScopeState) -> int | None:
     """The earliest event time at which time alone changes this scope, if any."""
-    times: list[int] = []
-    current = _rank_of(state.open, judge)
-    times.extend(d for d in state.due[current : state.rank] if d is not None)
-    if state.open is not None and state.clear_due is not None:
-        times.append(state.clear_due)
+    best: int | None = None
+    if state.rank:
+        for due in state.due[_rank_of(state.open, judge) : state.rank]:
+            if due is not None and (best is None or due < best):
+                best = due
+    clear = state.clear_due
+    if state.open is not None and clear is not None and (best is None or clear < best):
+        best = clear
     if judge.stale_ms is not None and state.no_data is None and state.last_end_ms is not None:
-        times.append(state.last_end_ms + judge.stale_ms)
-    return min(times) if times else None
+        stale = state.last_end_ms + judge.stale_ms
+        if best is None or stale < best:
+            best = stale
+    return best
 
 
 def advance(
