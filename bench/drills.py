@@ -4,12 +4,14 @@
     python -m bench.drills postgres  [--seconds 60] [--rate 1000] [--down 8]
     python -m bench.drills broker    [--seconds 30] [--rate 1000] [--down 15]
     python -m bench.drills poison
+    python -m bench.drills fuzz      [--examples 50]   (needs pip install -e '.[bench]')
 
 kill      SIGKILL the rules engine and the writer in turn at random moments while gateways
           post readings, restarting each at once.
 postgres  stop PostgreSQL under load for ``--down`` seconds, then start it again.
 broker    stop the broker under load: ingest must answer 503 and accept nothing meanwhile.
 poison    undecodable and invalid records on every topic the platform reads.
+fuzz      ingest's and the API's OpenAPI documents fuzzed by schemathesis: no 5xx allowed.
 
 Each starts its own stack (embedded broker and PostgreSQL, free ports, no simulator), feeds it
 readings over HTTP from several devices whose depths rise and fall through the thresholds, and
@@ -26,6 +28,7 @@ import argparse
 import asyncio
 import math
 import random
+import subprocess
 import sys
 import tempfile
 import threading
@@ -347,16 +350,65 @@ def poison(args: argparse.Namespace) -> bool:
         return drill.tally() and alive
 
 
+def fuzz(args: argparse.Namespace) -> bool:
+    """Every operation of ingest's and the API's OpenAPI documents fuzzed by schemathesis,
+    with keys that pass authentication (a gateway's on ingest, an admin's on the API): no
+    answer may be a 5xx."""
+    from services.auth.models import ApiKeyCreate
+    from services.auth.service import issue_sync
+
+    st = Path(sys.executable).with_name("st")
+    if not st.exists():
+        raise SystemExit("schemathesis is missing: pip install -e '.[bench]'")
+    with Drill(args.rate) as drill:
+        drill.start_feed()  # the API answers over live data
+        admin = issue_sync(
+            drill.db_url,
+            request=ApiKeyCreate.model_validate(
+                {
+                    "name": "fuzz drill",
+                    "scopes": ["admin", "pii:read", "readings:write", "tickets:write"],
+                }
+            ),
+            by="bench.drills",
+        )
+        targets = {
+            "ingest": (drill.settings.ingest.port, drill.stack.gateway_key),
+            "api": (drill.settings.api.port, admin.key),
+        }
+        ok = True
+        for name, (port, key) in targets.items():
+            done = subprocess.run(
+                [
+                    str(st), "run", f"http://127.0.0.1:{port}/openapi.json",
+                    "--checks", "not_a_server_error", "--max-examples", str(args.examples),
+                    "--header", f"Authorization: Bearer {key}", "--request-timeout", "30",
+                    "--seed", str(args.seed),
+                ],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            (drill.work / f"fuzz-{name}.txt").write_text(done.stdout + done.stderr, "utf-8")
+            cases = next(
+                (line.strip() for line in done.stdout.splitlines() if " generated" in line), "?"
+            )
+            verdict = "no 5xx" if done.returncode == 0 else "FAILED: see the report"
+            print(f"  {name:<7} {cases}: {verdict} ({drill.work / f'fuzz-{name}.txt'})")
+            ok = ok and done.returncode == 0
+        drill.stop_feed()
+        return ok
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("drill", choices=["kill", "postgres", "broker", "poison"])
+    parser.add_argument("drill", choices=["kill", "postgres", "broker", "poison", "fuzz"])
     parser.add_argument("--seconds", type=float, default=60.0, help="How long the load runs.")
     parser.add_argument("--rate", type=float, default=1000.0, help="Readings per second.")
     parser.add_argument("--kills", type=int, default=4)
     parser.add_argument("--down", type=float, default=8.0, help="Seconds a part is down.")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--examples", type=int, default=50, help="Fuzz cases per operation.")
     args = parser.parse_args()
-    drills = {"kill": kill, "postgres": postgres, "broker": broker, "poison": poison}
+    drills = {"kill": kill, "postgres": postgres, "broker": broker, "poison": poison, "fuzz": fuzz}
     ok = drills[args.drill](args)
     sys.exit(0 if ok else 1)
 

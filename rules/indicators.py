@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from schemas.alerts import Level, ScopeLevel
-from schemas.base import Code, Contract
+from schemas.base import LINE_PATTERN, Code, Contract
 
 
 class Domain(StrEnum):
@@ -102,10 +102,11 @@ class Indicator(Contract):
     """One vital sign: what it measures, where, and when it is abnormal."""
 
     code: Code
-    name_zh: Annotated[str, Field(min_length=1)]
-    name_en: Annotated[str, Field(min_length=1)]
+    # One printable line each: definitions are stored as jsonb, which cannot hold NUL.
+    name_zh: Annotated[str, Field(min_length=1, max_length=128, pattern=LINE_PATTERN)]
+    name_en: Annotated[str, Field(min_length=1, max_length=128, pattern=LINE_PATTERN)]
     domain: Domain
-    unit: Annotated[str, Field(min_length=1, max_length=16)]
+    unit: Annotated[str, Field(min_length=1, max_length=16, pattern=LINE_PATTERN)]
     source: Source = Source.SENSOR
     metric: Code | None = Field(default=None, description="Sensor metric (source sensor).")
     ticket_categories: list[Code] = Field(
@@ -144,7 +145,7 @@ class Indicator(Contract):
         description="Margin past the lowest threshold the value must reach before the alert "
         "clears (fires at 30 cm, clears below 25 cm: hysteresis 5).",
     )
-    owner_department: str | None = None
+    owner_department: Annotated[str, Field(max_length=128, pattern=LINE_PATTERN)] | None = None
 
     @model_validator(mode="after")
     def _source_complete(self) -> Indicator:

@@ -10,7 +10,7 @@ from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
 from rules.indicators import Indicator
 from schemas.alerts import AlertTransition
-from schemas.base import Code
+from schemas.base import TEXT_PATTERN, Code
 from services.api.deps import ConnDep
 from services.auth.deps import AdminDep
 from services.indicators import store
@@ -18,7 +18,8 @@ from services.indicators import store
 router = APIRouter(prefix="/api/v1", tags=["indicators"])
 
 CodePath = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.\-]{0,127}$")]
-Reason = Annotated[str, Field(min_length=1, max_length=500)]
+# Stored in PostgreSQL text, which cannot hold NUL: refused here with a reason, not a 500.
+Reason = Annotated[str, Field(min_length=1, max_length=500, pattern=TEXT_PATTERN)]
 MAX_PREVIEW_DAYS = 31
 
 

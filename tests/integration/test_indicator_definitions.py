@@ -161,6 +161,14 @@ def test_api_changes_need_admin_and_are_versioned(postgres: LocalPostgres, workd
         assert back.json() == {"version": 45}
         versions = http.get(f"{url}/api/v1/indicators/traffic.road_speed/versions").json()
         assert [v["version"] for v in versions] == [45, 44, 8]
+        # Found by the fuzz drill: a NUL in a reason was a 500 (PostgreSQL text cannot hold it).
+        nul = http.post(
+            f"{url}/api/v1/emergency",
+            json={"scope": "city", "active": True, "reason": "台风\u0000"},
+            headers=admin,
+        )
+        assert nul.status_code == 422, nul.text
+        assert "reason" in nul.text
         switched = http.post(
             f"{url}/api/v1/emergency",
             json={"scope": "city", "active": True, "reason": "台风"},
