@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import math
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -388,9 +389,8 @@ def fuzz(args: argparse.Namespace) -> bool:
                 capture_output=True, text=True, check=False,
             )  # fmt: skip
             (drill.work / f"fuzz-{name}.txt").write_text(done.stdout + done.stderr, "utf-8")
-            cases = next(
-                (line.strip() for line in done.stdout.splitlines() if " generated" in line), "?"
-            )
+            found = re.search(r"(\d+) generated, (\d+) passed", done.stdout)
+            cases = f"{found[1]} cases, {found[2]} passed" if found else "no summary"
             verdict = "no 5xx" if done.returncode == 0 else "FAILED: see the report"
             print(f"  {name:<7} {cases}: {verdict} ({drill.work / f'fuzz-{name}.txt'})")
             ok = ok and done.returncode == 0
