@@ -101,7 +101,8 @@ def main() -> None:
     work.chmod(0o755)  # as root, PostgreSQL runs as 'nobody' and must reach its data
     settings = Settings(
         api=ApiSettings(port=free_port()),
-        ingest=IngestSettings(port=free_port()),
+        # The latency loop writes up to a few hours ahead (see below).
+        ingest=IngestSettings(port=free_port(), max_future_seconds=86_400),
         local=LocalSettings(broker_port=free_port(), postgres_port=free_port(), simulate=False),
     )
     payloads = bodies(args.readings, args.batch, "bench")

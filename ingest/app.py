@@ -21,10 +21,10 @@ from psycopg_pool import PoolTimeout
 from pydantic import Field
 from pydantic.json_schema import models_json_schema
 
-from ingest.batch import MalformedBatch, parse_body, parse_ndjson, sort_items
+from ingest.batch import MalformedBatch, latest_allowed, parse_body, parse_ndjson, sort_items
 from ingest.gateway import BrokerUnavailable, Gateway
 from ingest.registry import DeviceRegistry, RegistryUnavailable, check_devices
-from schemas.base import Contract
+from schemas.base import Contract, utcnow
 from schemas.readings import SensorReading
 from services.api.deps import SettingsDep
 from services.auth.deps import require
@@ -222,7 +222,11 @@ def create_app(settings: Settings) -> FastAPI:
             await gateway.publish([], [dead_letter(SOURCE, str(exc), bytes(body))])
             raise HTTPException(400, str(exc)) from exc
 
-        result = sort_items(items, only_device=caller.device_id)
+        result = sort_items(
+            items,
+            only_device=caller.device_id,
+            not_after=latest_allowed(settings.ingest.max_future_seconds, utcnow()),
+        )
         if settings.ingest.require_registered_devices:
             registry: DeviceRegistry = request.app.state.registry
             result = check_devices(result, registry.current())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
@@ -108,9 +108,17 @@ def normalise(record: ReadingRecord) -> Accepted:
     return Accepted(reading_id=reading_id, device_id=record["device_id"], record=out)
 
 
-def sort_items(items: list[Any], *, only_device: str | None = None) -> Sorted:
+def latest_allowed(max_future_seconds: float | None, now: datetime) -> datetime | None:
+    """The latest time stamp a reading may carry when it arrives at ``now``."""
+    return None if max_future_seconds is None else now + timedelta(seconds=max_future_seconds)
+
+
+def sort_items(
+    items: list[Any], *, only_device: str | None = None, not_after: datetime | None = None
+) -> Sorted:
     """Validate each item on its own, so one bad reading does not sink the batch.
-    ``only_device``: the caller's key is bound to that device and may send nothing else."""
+    ``only_device``: the caller's key is bound to that device and may send nothing else.
+    ``not_after``: readings stamped later than this are refused (a clock running ahead)."""
     out = Sorted()
     validate = READING_RECORD.validate_python
     for index, item in enumerate(items):
@@ -129,6 +137,13 @@ def sort_items(items: list[Any], *, only_device: str | None = None) -> Sorted:
             continue
         if only_device is not None and record["device_id"] != only_device:
             reason = f"device_id: this key may only send readings of device {only_device!r}"
+            out.rejected.append(Rejection(index, reason, item))
+            continue
+        if not_after is not None and record["ts"] > not_after:
+            reason = (
+                f"ts: {record['ts'].isoformat()} is ahead of the server's clock by more than "
+                "the allowed skew; check the device's clock"
+            )
             out.rejected.append(Rejection(index, reason, item))
             continue
         try:

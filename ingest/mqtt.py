@@ -17,15 +17,17 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
 from paho.mqtt import client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ingest.batch import Rejection, Sorted, Unreadable, sort_items
+from ingest.batch import Rejection, Sorted, Unreadable, latest_allowed, sort_items
 from ingest.gateway import BrokerUnavailable, Gateway
 from ingest.registry import DeviceRegistry, RegistryUnavailable, check_devices
+from schemas.base import utcnow
 from services.config import Settings
 from services.kafka import Backoff, dead_letter
 
@@ -92,7 +94,9 @@ def items_of(root: str, message: Message) -> list[Any]:
     return out
 
 
-def sort_messages(root: str, messages: list[Message]) -> tuple[Sorted, list[tuple[Rejection, str]]]:
+def sort_messages(
+    root: str, messages: list[Message], not_after: datetime | None = None
+) -> tuple[Sorted, list[tuple[Rejection, str]]]:
     """All readings of a batch of messages, and each refusal with the topic it came from."""
     items: list[Any] = []
     owners: list[str] = []
@@ -100,7 +104,7 @@ def sort_messages(root: str, messages: list[Message]) -> tuple[Sorted, list[tupl
         found = items_of(root, message)
         items += found
         owners += [message.topic] * len(found)
-    result = sort_items(items)
+    result = sort_items(items, not_after=not_after)
     return result, [(r, owners[r.index]) for r in result.rejected]
 
 
@@ -168,7 +172,9 @@ class Bridge:
         backoff = Backoff()
         while True:
             try:
-                result, refusals = sort_messages(root, batch)
+                result, refusals = sort_messages(
+                    root, batch, latest_allowed(self.settings.ingest.max_future_seconds, utcnow())
+                )
                 if self.registry is not None:
                     checked = check_devices(result, self.registry.current())
                     late = checked.rejected[len(result.rejected) :]

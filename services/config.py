@@ -85,6 +85,13 @@ class IngestSettings(_Section):
     # What a caller is told to wait before retrying when the broker cannot take data.
     retry_after_seconds: int = Field(default=5, ge=1)
     delivery_timeout_seconds: float = Field(default=10.0, gt=0)
+    max_future_seconds: float | None = Field(
+        default=300.0,
+        gt=0,
+        description="Readings stamped further ahead of the server's clock are refused: a device "
+        "clock running ahead would move its whole partition's event time on and make everyone "
+        "else's readings late for the rules engine. Unset: no limit.",
+    )
     # Reading ids remembered to drop a retried batch's repeats (about 100 bytes each).
     dedupe_capacity: int = Field(default=1_000_000, ge=1)
     # Readings of devices missing from the registry, or disabled there, are refused.

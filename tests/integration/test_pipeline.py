@@ -218,6 +218,18 @@ def test_every_accepted_reading_is_stored_exactly_once_across_crashes_and_rebala
     stack.stop("writer-2")
 
 
+def test_a_reading_from_a_clock_far_ahead_is_refused(stack: Stack, client: httpx.Client) -> None:
+    device = f"skew-{uuid.uuid4().hex[:6]}"
+    ahead_of_limit = datetime.now(UTC) + timedelta(days=2)  # this stack allows a day ahead
+    response = client.post(
+        f"{stack.ingest_url}/api/v1/readings", json=[reading(device, 1.0, ahead_of_limit)]
+    )
+    assert response.status_code == 422, response.text
+    [refused] = response.json()["rejected"]
+    assert refused["reason"].startswith("ts: ")
+    assert "ahead of the server's clock" in refused["reason"]
+
+
 def test_latest_readings_of_a_scope(stack: Stack, client: httpx.Client) -> None:
     device = f"lat-{uuid.uuid4().hex[:6]}"
     now = datetime.now(UTC)

@@ -8,7 +8,14 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from ingest.batch import MalformedBatch, RecentIds, parse_body, parse_ndjson, sort_items
+from ingest.batch import (
+    MalformedBatch,
+    RecentIds,
+    latest_allowed,
+    parse_body,
+    parse_ndjson,
+    sort_items,
+)
 from schemas.readings import SensorReading
 
 ITEM = {"device_id": "d", "metric": "aqi", "value": 1, "unit": "AQI", "ts": "2026-07-01T00:00:00Z"}
@@ -77,6 +84,18 @@ def test_a_device_key_sends_only_its_own_readings() -> None:
     assert [r.device_id for r in result.accepted] == ["d"]
     assert result.rejected[0].index == 1
     assert "may only send readings of device 'd'" in result.rejected[0].reason
+
+
+def test_readings_from_a_clock_running_ahead_are_refused() -> None:
+    now = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
+    limit = latest_allowed(300, now)
+    ahead = {**ITEM, "ts": "2026-07-01T08:04:59Z"}
+    too_far = {**ITEM, "ts": "2026-07-01T08:05:01Z", "device_id": "e"}
+    result = sort_items([ahead, too_far], not_after=limit)
+    assert [r.device_id for r in result.accepted] == ["d"]
+    assert result.rejected[0].index == 1
+    assert result.rejected[0].reason.startswith("ts: 2026-07-01T08:05:01+00:00 is ahead")
+    assert latest_allowed(None, now) is None  # no limit set
 
 
 def test_recent_ids_drop_repeats_and_release_failed_hand_offs() -> None:
