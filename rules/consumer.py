@@ -29,6 +29,7 @@ from services.kafka import (
     TICK_HEADER,
     Batch,
     Fenced,
+    KeyedBatches,
     dead_letter,
     encode,
     is_tick,
@@ -53,6 +54,7 @@ class RulesHandler:
         self.url = settings.db.url.get_secret_value()
         self.defs = defs
         self.producer = producer
+        self.batches = KeyedBatches(producer)
         self.sources = {Source.SENSOR: self.topics.readings, Source.TICKETS: self.topics.tickets}
         self.tasks: dict[TopicPartition, Task] = {}
         self.stored: dict[TopicPartition, int | None] = {}  # offset in PostgreSQL (CAS)
@@ -145,12 +147,13 @@ class RulesHandler:
         send = self.producer.send
         topics = self.topics
         pending = self.pending
-        for t in out.transitions:
-            pending.append(await send(topics.alerts, encode(t), key=t.key))
-        for v in out.values:
-            pending.append(await send(topics.indicator_values, encode(v), key=v.key))
-        for p in out.partials:
-            pending.append(await send(topics.rollup, encode(p), key=p.key))
+        batches = self.batches
+        pending += await batches.send(topics.alerts, [(t.key, encode(t)) for t in out.transitions])
+        pending += await batches.send(
+            topics.indicator_values, [(v.key, encode(v)) for v in out.values]
+        )
+        # Partials before the marks that follow them on every roll-up partition.
+        pending += await batches.send(topics.rollup, [(p.key, encode(p)) for p in out.partials])
         if out.marks:
             for partition in sorted(await self.producer.partitions_for(topics.rollup)):
                 for m in out.marks:
