@@ -1,0 +1,153 @@
+"""End to end on this machine: the simulated city feeding the whole local stack (broker,
+PostgreSQL, ingest, rules engine, writer, API) at rising rates.
+
+    python -m bench.e2e [--rates 2000,5000,10000,20000] [--step-seconds 30] [--latency-seconds 90]
+
+For each rate the simulator posts readings (and 12345 calls) for ``--step-seconds``; the rate
+is kept up with when ingest accepts at least 90% of it and neither the rules engine's nor the
+writer's consumer lag grows by more than two seconds' worth of readings over the step. Then,
+at half the highest rate kept up with and with the typhoon scenario running (so alerts fire),
+it reports alert latency: when the writer stored each alert transition, less the event time
+the transition happened at and the indicator's allowed lateness, which the engine waits for by
+definition before it may close a window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+
+from bench.kafkalog import end_offsets, saved_offsets
+from rules.indicators import Catalogue
+from services.config import ApiSettings, IngestSettings, LocalSettings, Settings
+from services.local.processes import free_port, stop_process
+from services.local.stack import LocalStack, register_simulated_devices
+
+
+class Run:
+    def __init__(self) -> None:
+        self.work = Path(tempfile.mkdtemp(prefix="city-vitals-e2e-", dir="/tmp"))
+        self.work.chmod(0o755)  # as root, PostgreSQL runs as 'nobody' and must reach it
+        self.settings = Settings(
+            api=ApiSettings(port=free_port()),
+            ingest=IngestSettings(port=free_port()),
+            local=LocalSettings(broker_port=free_port(), postgres_port=free_port(), simulate=False),
+        )
+        self.stack = LocalStack(self.settings, data_dir=self.work, simulate=False)
+        self.control = self.work / "scenario.json"
+
+    def lag(self) -> tuple[int, dict[str, int]]:
+        """Readings on the topic, and those each consumer group has not yet saved as done."""
+        kafka = self.settings.kafka.model_copy(update={"bootstrap_servers": self.stack.bootstrap})
+        topic = kafka.topics.readings
+        ends = asyncio.run(end_offsets(kafka, [topic]))
+        done = {
+            "rules": saved_offsets(self.db_url, self.settings.rules.consumer_group),
+            "writer": saved_offsets(
+                self.db_url, self.settings.writer.consumer_group, "consumer_offsets"
+            ),
+        }
+        behind = {
+            name: sum(end - kept.get(key, 0) for key, end in ends.items())
+            for name, kept in done.items()
+        }
+        return sum(ends.values()), behind
+
+    def simulate(self, rate: float, seconds: float, tag: str) -> tuple[float, dict[str, int]]:
+        """Run the simulator at ``rate``: after a warm-up, the rate readings reached the topic
+        over ``seconds`` and how much each group's lag grew meanwhile."""
+        log = self.work / "logs" / f"simulate-{tag}.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "simulate", "--rate", str(rate),
+                 "--concurrency", "8", "--control", str(self.control)],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            time.sleep(8)  # start-up and the first seconds' catch-up
+            began, (first, before) = time.monotonic(), self.lag()
+            time.sleep(seconds)
+            took, (last, after) = time.monotonic() - began, self.lag()
+        finally:
+            stop_process(proc, timeout=30)
+        return (last - first) / took, {k: after[k] - before[k] for k in after}
+
+    def drain(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and max(self.lag()[1].values()) > 0:
+            time.sleep(1.0)
+
+    def start(self) -> None:
+        self.env, self.db_url = self.stack.start()
+        register_simulated_devices(self.db_url)  # the stack does this when it simulates itself
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rates", default="5000,10000,20000,30000,40000")
+    parser.add_argument("--step-seconds", type=float, default=30.0)
+    parser.add_argument("--latency-seconds", type=float, default=90.0)
+    args = parser.parse_args()
+    run = Run()
+    run.start()
+    try:
+        print(f"{'rate/s':>8} {'accepted/s':>11} {'rules lag +':>12} {'writer lag +':>13}  kept up")
+        kept = 0.0
+        for rate in [float(r) for r in args.rates.split(",")]:
+            run.drain()
+            achieved, growth = run.simulate(rate, args.step_seconds, f"{rate:.0f}")
+            ok = achieved >= 0.9 * rate and max(growth.values()) <= 2 * rate
+            kept = rate if ok else kept
+            print(
+                f"{rate:>8,.0f} {achieved:>11,.0f} {growth['rules']:>12,} "
+                f"{growth['writer']:>13,}  {'yes' if ok else 'no'}"
+            )
+            if not ok:
+                break
+        if not kept:
+            print("kept up with none of the rates")
+            return
+        print(f"sustained: {kept:,.0f} readings/s")
+        run.drain()
+        subprocess.run(
+            [sys.executable, "-m", "services.cli", "scenario", "start", "typhoon", "--minutes",
+             "2", "--control", str(run.control)],
+            env=run.env, check=True, capture_output=True,
+        )  # fmt: skip
+        since = datetime.now(UTC)
+        run.simulate(kept / 2, args.latency_seconds, "latency")
+        run.drain()
+        lateness = {
+            code: i.allowed_lateness_seconds for code, i in Catalogue.from_yaml().by_code.items()
+        }
+        with psycopg.connect(run.db_url) as conn:
+            rows = conn.execute(
+                "SELECT indicator, extract(epoch FROM stored_at - observed_at) "
+                "FROM alert_transitions WHERE stored_at >= %s",
+                (since,),
+            ).fetchall()
+        latencies = sorted(float(s) - lateness.get(code, 0) for code, s in rows)
+        if len(latencies) < 20:
+            print(f"only {len(latencies)} alert transitions at half load: no percentiles")
+            return
+        q = statistics.quantiles(latencies, n=100)
+        print(
+            f"alert latency at {kept / 2:,.0f} readings/s, typhoon running "
+            f"({len(latencies):,} transitions): p50 {q[49] * 1000:,.0f} ms, "
+            f"p99 {q[98] * 1000:,.0f} ms after the window could close"
+        )
+    finally:
+        run.stack.stop()
+
+
+if __name__ == "__main__":
+    main()
