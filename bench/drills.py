@@ -386,7 +386,7 @@ def fuzz(args: argparse.Namespace) -> bool:
                     "--header", f"Authorization: Bearer {key}", "--request-timeout", "30",
                     "--seed", str(args.seed),
                 ],
-                capture_output=True, text=True, check=False,
+                capture_output=True, text=True, check=False, cwd=drill.work,
             )  # fmt: skip
             (drill.work / f"fuzz-{name}.txt").write_text(done.stdout + done.stderr, "utf-8")
             found = re.search(r"(\d+) generated, (\d+) passed", done.stdout)
