@@ -15,9 +15,9 @@ CANONICAL: dict[str, str] = {
     "road_speed": "km/h",
     "aqi": "AQI",
     "crowd_density": "p/m2",
-    "power_load": "%",
+    "grid_load": "%",
     "gas_pressure": "kPa",
-    "manhole_tilt": "deg",
+    "cover_tilt": "deg",
 }
 
 # (from unit, to unit) -> conversion

@@ -26,9 +26,9 @@ KINDS: list[tuple[str, str, str, int, float, float, float, float, float, float, 
     ("rainfall_1h", "mm", "rain_gauge", 0, 0.5, 0.3, 15, 0, 0.3, 0.0, 300.0),
     ("aqi", "AQI", "air_quality_monitor", 1, 55.0, 15.0, 20, 0, 5.0, 5.0, 500.0),
     ("road_speed", "km/h", "road_speed_detector", 3, 46.0, 4.0, 3, 22.0, 3.0, 2.0, 90.0),
-    ("manhole_tilt", "deg", "manhole_cover_sensor", 3, 0.5, 0.0, 0, 0, 0.2, 0.0, 90.0),
+    ("cover_tilt", "deg", "manhole_cover_sensor", 3, 0.5, 0.0, 0, 0, 0.2, 0.0, 90.0),
     ("crowd_density", "p/m2", "crowd_counter", 1, 0.5, 0.4, 15, 0, 0.08, 0.0, 8.0),
-    ("power_load", "%", "power_meter", 1, 55.0, 18.0, 19, 0, 3.0, 0.0, 120.0),
+    ("grid_load", "%", "power_meter", 1, 55.0, 18.0, 19, 0, 3.0, 0.0, 120.0),
     ("gas_pressure", "kPa", "gas_pressure_sensor", 0, 2.2, 0.1, 19, 0, 0.05, 0.0, 10.0),
 ]  # fmt: skip
 
