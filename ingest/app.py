@@ -21,7 +21,7 @@ from psycopg_pool import PoolTimeout
 from pydantic import Field
 from pydantic.json_schema import models_json_schema
 
-from ingest.batch import MalformedBatch, latest_allowed, parse_body, parse_ndjson, sort_items
+from ingest.batch import MalformedBatch, latest_allowed, sort_body
 from ingest.gateway import BrokerUnavailable, Gateway
 from ingest.registry import DeviceRegistry, RegistryUnavailable, check_devices
 from schemas.base import Contract, utcnow
@@ -215,18 +215,17 @@ def create_app(settings: Settings) -> FastAPI:
             if len(body) > limit:
                 raise HTTPException(413, f"body exceeds the limit of {limit} bytes")
         ndjson = request.headers.get("content-type", "").startswith("application/x-ndjson")
-        parse = parse_ndjson if ndjson else parse_body
         try:
-            items = parse(bytes(body), max_items=settings.ingest.max_batch_items)
+            result = sort_body(
+                bytes(body),
+                ndjson=ndjson,
+                max_items=settings.ingest.max_batch_items,
+                only_device=caller.device_id,
+                not_after=latest_allowed(settings.ingest.max_future_seconds, utcnow()),
+            )
         except MalformedBatch as exc:
             await gateway.publish([], [dead_letter(SOURCE, str(exc), bytes(body))])
             raise HTTPException(400, str(exc)) from exc
-
-        result = sort_items(
-            items,
-            only_device=caller.device_id,
-            not_after=latest_allowed(settings.ingest.max_future_seconds, utcnow()),
-        )
         if settings.ingest.require_registered_devices:
             registry: DeviceRegistry = request.app.state.registry
             result = check_devices(result, registry.current())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -47,10 +47,12 @@ def check_devices(result: Sorted, devices: Mapping[str, DeviceEntry]) -> Sorted:
             out.rejected.append(Rejection(index, reason, accepted.record))
             continue
         given = accepted.record.get("location") or {}
-        missing = {k: v for k, v in entry.place.items() if given.get(k) is None}
-        if missing:
-            record = {**accepted.record, "location": {**given, **missing}}
-            accepted = replace(accepted, record=record)
+        # Most devices state their whole place: tell that at C speed before filling any in.
+        if not (entry.place.keys() <= given.keys() and None not in given.values()):
+            missing = {k: v for k, v in entry.place.items() if given.get(k) is None}
+            if missing:
+                record = {**accepted.record, "location": {**given, **missing}}
+                accepted = accepted._replace(record=record)
         out.accepted.append(accepted)
     return out
 

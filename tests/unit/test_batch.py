@@ -11,11 +11,15 @@ import pytest
 from ingest.batch import (
     MalformedBatch,
     RecentIds,
+    Sorted,
     latest_allowed,
     parse_body,
     parse_ndjson,
+    read_records,
+    sort_body,
     sort_items,
 )
+from ingest.city.model import City
 from schemas.readings import SensorReading
 
 ITEM = {"device_id": "d", "metric": "aqi", "value": 1, "unit": "AQI", "ts": "2026-07-01T00:00:00Z"}
@@ -128,3 +132,52 @@ def test_units_are_normalised_to_the_metric_s_canonical_one() -> None:
     got = [(a.record["unit"], a.record["value"]) for a in result.accepted]
     assert got == [("cm", 31.5), ("km/h", 36.0), ("AQI", 1)]
     assert "'furlong' cannot be converted to 'cm'" in result.rejected[0].reason
+
+
+def _verdicts(result: Sorted) -> tuple[list[tuple[str, bytes]], list[tuple[int, str]]]:
+    return (
+        [(a.reading_id, a.encode()) for a in result.accepted],
+        [(r.index, r.reason) for r in result.rejected],
+    )
+
+
+@pytest.mark.parametrize("form", ["array", "envelope", "ndjson"])
+def test_a_valid_body_is_validated_at_once_with_the_same_outcome(form: str) -> None:
+    """The fast path (every item validated straight from the body's bytes) accepts what the
+    item-by-item path accepts, normalised the same way."""
+    items = orjson.loads(City(seed=3).body(1_782_000_000.0, 200))
+    items[5] = {**items[5], "unit": "mm", "value": 315}  # converted on both paths
+    items[6] = {**items[6], "ts": "2026-07-01T08:00:00+08:00", "reading_id": str(uuid.uuid4())}
+    if form == "ndjson":
+        body = b"\n".join(orjson.dumps(i) for i in items)
+        slow = sort_items(parse_ndjson(body, max_items=500))
+    else:
+        body = orjson.dumps(items if form == "array" else {"readings": items})
+        slow = sort_items(parse_body(body, max_items=500))
+    ndjson = form == "ndjson"
+    assert read_records(body, ndjson=ndjson, max_items=500) is not None
+    fast = sort_body(body, ndjson=ndjson, max_items=500)
+    assert _verdicts(fast) == _verdicts(slow)
+    assert len(fast.accepted) == 200
+    assert fast.accepted[5].record["value"] == 31.5
+
+
+def test_one_bad_item_sends_the_body_down_the_item_by_item_path() -> None:
+    good = {**ITEM, "device_id": "e"}
+    body = orjson.dumps([ITEM, {**ITEM, "ts": 1_782_000_000}, good])
+    assert read_records(body, ndjson=False, max_items=10) is None
+    result = sort_body(body, ndjson=False, max_items=10)
+    assert [a.device_id for a in result.accepted] == ["d", "e"]
+    assert [(r.index, r.reason.split(":")[0]) for r in result.rejected] == [(1, "ts")]
+    with pytest.raises(MalformedBatch, match="exceeds the limit of 2"):
+        sort_body(body, ndjson=False, max_items=2)
+    with pytest.raises(MalformedBatch, match="not valid JSON"):
+        sort_body(b"[{", ndjson=False, max_items=2)
+
+
+def test_an_id_twice_in_one_batch_is_new_once() -> None:
+    recent = RecentIds(capacity=10)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    assert recent.claim([a, b, a]) == [True, True, False]
+    recent.settle([a, b], delivered=True)
+    assert recent.claim([b, a]) == [False, False]

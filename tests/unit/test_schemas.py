@@ -9,6 +9,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from schemas import registry
@@ -212,3 +214,17 @@ def test_the_fast_reading_id_is_uuid5() -> None:
 
     for name in (("d", "aqi", "2026-07-01T00:00:00+00:00"), ("设备-1", "x", "t")):
         assert reading_id_text(*name) == str(uuid.uuid5(_READING_NS, "|".join(name)))
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31), timezones=st.just(UTC)
+    )
+)
+def test_the_hot_path_reading_id_equals_the_defined_one(ts: datetime) -> None:
+    """reading_id_at writes the instant with orjson, which must write a UTC datetime exactly as
+    isoformat does, or ids derived by ingest would differ from SensorReading's."""
+    from schemas.readings import reading_id_at, reading_id_text
+
+    assert orjson.dumps(ts)[1:-1].decode() == ts.isoformat()
+    assert reading_id_at("d-1", "aqi", ts) == reading_id_text("d-1", "aqi", ts.isoformat())
