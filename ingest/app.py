@@ -21,9 +21,10 @@ from psycopg_pool import PoolTimeout
 from pydantic import Field
 from pydantic.json_schema import models_json_schema
 
-from ingest.batch import MalformedBatch, latest_allowed, sort_body
+from ingest.batch import MalformedBatch, latest_allowed
 from ingest.gateway import BrokerUnavailable, Gateway
 from ingest.registry import DeviceRegistry, RegistryUnavailable, check_devices
+from ingest.sorting import Sorter, SorterUnavailable
 from schemas.base import Contract, utcnow
 from schemas.readings import SensorReading
 from services.api.deps import SettingsDep
@@ -123,6 +124,9 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.pool = pool
         app.state.keys = KeyStore(pool, ttl=settings.auth.key_cache_seconds)
         app.state.gateway = Gateway(settings, producer)
+        sorter = Sorter(settings.ingest.sort_processes)
+        await sorter.start()
+        app.state.sorter = sorter
         registry = DeviceRegistry(pool, interval=settings.ingest.registry_refresh_seconds)
         app.state.registry = registry
         refreshing = asyncio.create_task(registry.run())
@@ -134,6 +138,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await refreshing
             await producer.stop()
             await pool.close()
+            await asyncio.to_thread(sorter.stop)
 
     # Docs assets served by us, not a CDN: operations-centre networks are often closed.
     app = FastAPIOffline(
@@ -162,6 +167,10 @@ def create_app(settings: Settings) -> FastAPI:
             f"the message broker cannot take data now ({exc}); "
             "nothing from this request was accepted, retry later",
         )
+
+    @app.exception_handler(SorterUnavailable)
+    async def _sorter_died(request: Request, exc: SorterUnavailable) -> JSONResponse:
+        return unavailable(request, f"{exc}; nothing from this request was accepted, retry later")
 
     @app.exception_handler(RegistryUnavailable)
     async def _registry_down(request: Request, exc: RegistryUnavailable) -> JSONResponse:
@@ -215,8 +224,9 @@ def create_app(settings: Settings) -> FastAPI:
             if len(body) > limit:
                 raise HTTPException(413, f"body exceeds the limit of {limit} bytes")
         ndjson = request.headers.get("content-type", "").startswith("application/x-ndjson")
+        sorter: Sorter = request.app.state.sorter
         try:
-            result = sort_body(
+            result = await sorter.sort(
                 bytes(body),
                 ndjson=ndjson,
                 max_items=settings.ingest.max_batch_items,

@@ -6,7 +6,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import orjson
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
@@ -28,28 +28,44 @@ class Rejection:
     item: Any
 
 
+# Where a device stands; a reading that states all of it needs nothing from the registry.
+PLACE_FIELDS = ("lon", "lat", "grid", "street", "district")
+
+
 class Accepted(NamedTuple):
-    """A valid reading, normalised: id filled in, time in UTC, ready for the readings topic.
-    A named tuple: one is made per reading on the ingest hot path, where building a frozen
-    dataclass cost more than deriving the reading's id."""
+    """A valid reading, normalised (id filled in, unit canonical, time in UTC) and encoded as
+    it goes on the readings topic. A named tuple: one is made per reading on the ingest hot
+    path, where building a frozen dataclass cost more than deriving the reading's id."""
 
     reading_id: str  # canonical UUID text
     device_id: str
-    record: dict[str, Any]
+    value: bytes  # the record, JSON
+    placed: bool  # the record states every one of PLACE_FIELDS
 
     @property
     def key(self) -> bytes:
         """Partition key: one device stays on one partition (as SensorReading.key)."""
         return self.device_id.encode()
 
-    def encode(self) -> bytes:
-        return orjson.dumps(self.record, option=orjson.OPT_UTC_Z)
+    @property
+    def record(self) -> dict[str, Any]:
+        record: dict[str, Any] = orjson.loads(self.value)
+        return record
 
 
 @dataclass(slots=True)
 class Sorted:
     accepted: list[Accepted] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled by columns: sorting runs in a worker process (ingest/sorting.py), and four
+        lists cross the pipe several times faster than thousands of named tuples."""
+        return (_sorted_from_columns, (tuple(zip(*self.accepted, strict=True)), self.rejected))
+
+
+def _sorted_from_columns(columns: tuple[tuple[Any, ...], ...], rejected: list[Rejection]) -> Sorted:
+    return Sorted(list(map(Accepted._make, zip(*columns, strict=True))), rejected)
 
 
 def parse_body(body: bytes, *, max_items: int) -> list[Any]:
@@ -186,6 +202,7 @@ def sort_items(
     out = Sorted()
     accepted, rejected = out.accepted, out.rejected
     convert = units.normalise
+    dumps, utc_z, whole = orjson.dumps, orjson.OPT_UTC_Z, len(PLACE_FIELDS)
     for index, item in enumerate(items):
         if checked:
             record: ReadingRecord = item
@@ -217,7 +234,9 @@ def sort_items(
         given = record.get("reading_id")
         reading_id = reading_id_at(device_id, metric, ts) if given is None else str(given)
         record["reading_id"] = reading_id  # type: ignore[typeddict-item]
-        accepted.append(Accepted(reading_id, device_id, cast(dict[str, Any], record)))
+        place = record.get("location")
+        placed = place is not None and len(place) == whole and None not in place.values()
+        accepted.append(Accepted(reading_id, device_id, dumps(record, option=utc_z), placed))
     return out
 
 
@@ -237,6 +256,9 @@ class RecentIds:
     def claim(self, ids: Sequence[Hashable]) -> list[bool]:
         """For each id, whether it is new (and now claimed by the caller)."""
         done, pending = self._done, self._pending
+        if done.keys().isdisjoint(ids) and pending.isdisjoint(ids) and len(set(ids)) == len(ids):
+            pending.update(ids)  # the usual case, a new batch: told apart without a loop
+            return [True] * len(ids)
         fresh = [key not in done and key not in pending for key in ids]
         claimed = [key for key, new in zip(ids, fresh, strict=True) if new]
         before = len(pending)

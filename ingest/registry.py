@@ -12,16 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ingest.batch import Rejection, Sorted
+from ingest.batch import PLACE_FIELDS, Rejection, Sorted
 from services.devices.models import DeviceRead, DeviceStatus
 from services.devices.service import snapshot
 
 log = logging.getLogger(__name__)
-
-_PLACE = ("lon", "lat", "grid", "street", "district")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +30,7 @@ class DeviceEntry:
 
     @classmethod
     def of(cls, device: DeviceRead) -> DeviceEntry:
-        place = {k: getattr(device, k) for k in _PLACE if getattr(device, k) is not None}
+        place = {k: getattr(device, k) for k in PLACE_FIELDS if getattr(device, k) is not None}
         return cls(active=device.status is DeviceStatus.ACTIVE, place=place)
 
 
@@ -46,13 +45,13 @@ def check_devices(result: Sorted, devices: Mapping[str, DeviceEntry]) -> Sorted:
             reason = f"device_id: device {accepted.device_id!r} {why}"
             out.rejected.append(Rejection(index, reason, accepted.record))
             continue
-        given = accepted.record.get("location") or {}
-        # Most devices state their whole place: tell that at C speed before filling any in.
-        if not (entry.place.keys() <= given.keys() and None not in given.values()):
+        if not accepted.placed and entry.place:
+            record = accepted.record
+            given = record.get("location") or {}
             missing = {k: v for k, v in entry.place.items() if given.get(k) is None}
             if missing:
-                record = {**accepted.record, "location": {**given, **missing}}
-                accepted = accepted._replace(record=record)
+                record["location"] = {**given, **missing}
+                accepted = accepted._replace(value=orjson.dumps(record))
         out.accepted.append(accepted)
     return out
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import getpass
 import logging
 import signal
@@ -19,6 +18,7 @@ from pydantic import ValidationError
 
 from schemas.base import describe_errors
 from services.config import Settings
+from services.runtime import collect_for_throughput
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -33,22 +33,9 @@ def _settings(ctx: click.Context) -> Settings:
     return settings
 
 
-def _collect_for_throughput() -> None:
-    """Garbage-collector settings for the long-running services, set once they are loaded.
-
-    They make many short-lived containers per batch (a body of 5,000 readings is 10,000
-    dicts), which CPython's default (a collection every 700 allocations) keeps scanning and
-    promotes while still in flight, so full collections keep walking everything loaded at
-    start. Freezing what exists at start and collecting the young generation every 20,000
-    allocations took HTTP ingest from 59k to 74k readings/s (``bench.ingest``).
-    """
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
-
-
 def _run_until_signalled(main: Callable[[asyncio.Event], Awaitable[object]]) -> None:
     """Run an async service until SIGINT or SIGTERM, then let it finish its batch and stop."""
-    _collect_for_throughput()
+    collect_for_throughput()
 
     async def runner() -> None:
         stop = asyncio.Event()
@@ -61,7 +48,7 @@ def _run_until_signalled(main: Callable[[asyncio.Event], Awaitable[object]]) -> 
 
 
 def _serve(app: object, host: str, port: int, log_level: str) -> None:
-    _collect_for_throughput()
+    collect_for_throughput()
     uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)  # type: ignore[arg-type]
 
 

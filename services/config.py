@@ -97,6 +97,13 @@ class IngestSettings(_Section):
     # Readings of devices missing from the registry, or disabled there, are refused.
     require_registered_devices: bool = True
     registry_refresh_seconds: float = Field(default=5.0, gt=0)
+    sort_processes: int = Field(
+        default=2,
+        ge=0,
+        description="Worker processes that parse, validate and encode batch bodies beside the "
+        "event loop (ingest/sorting.py); 0: in the event loop. Two on a 2-core machine: the "
+        "event loop then needs about half a core.",
+    )
 
 
 class MqttSettings(_Section):

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from ingest.batch import (
+    Accepted,
     MalformedBatch,
     RecentIds,
     Sorted,
@@ -79,8 +80,8 @@ def test_accepted_readings_are_normalised_like_the_contract() -> None:
     model = SensorReading.model_validate(item)
     assert accepted.reading_id == str(model.reading_id)
     assert accepted.key == model.key
-    assert SensorReading.model_validate_json(accepted.encode()) == model
-    assert b'"ts":"2026-07-01T00:00:00Z"' in accepted.encode()
+    assert SensorReading.model_validate_json(accepted.value) == model
+    assert b'"ts":"2026-07-01T00:00:00Z"' in accepted.value
 
 
 def test_a_device_key_sends_only_its_own_readings() -> None:
@@ -136,7 +137,7 @@ def test_units_are_normalised_to_the_metric_s_canonical_one() -> None:
 
 def _verdicts(result: Sorted) -> tuple[list[tuple[str, bytes]], list[tuple[int, str]]]:
     return (
-        [(a.reading_id, a.encode()) for a in result.accepted],
+        [(a.reading_id, a.value) for a in result.accepted],
         [(r.index, r.reason) for r in result.rejected],
     )
 
@@ -181,3 +182,14 @@ def test_an_id_twice_in_one_batch_is_new_once() -> None:
     assert recent.claim([a, b, a]) == [True, True, False]
     recent.settle([a, b], delivered=True)
     assert recent.claim([b, a]) == [False, False]
+
+
+def test_a_sorted_batch_crosses_a_pipe_by_columns_and_comes_back_the_same() -> None:
+    import pickle
+
+    items = [*orjson.loads(City(seed=4).body(1_782_000_000.0, 50)), 7]
+    result = sort_items(items)
+    back = pickle.loads(pickle.dumps(result))
+    assert back == result
+    assert all(type(a) is Accepted for a in back.accepted)
+    assert pickle.loads(pickle.dumps(Sorted())) == Sorted()

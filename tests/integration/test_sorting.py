@@ -1,0 +1,45 @@
+"""Ingest's sorting worker processes (ingest/sorting.py): real processes, no broker needed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from functools import partial
+
+import psutil
+import pytest
+
+from ingest.batch import MalformedBatch, sort_body
+from ingest.city.model import City
+from ingest.sorting import Sorter, SorterUnavailable
+
+
+def test_a_worker_process_sorts_as_the_event_loop_would_and_a_dead_one_is_replaced() -> None:
+    body = City(seed=5).body(1_782_000_000.0, 500)
+    bad = body[:-1] + b",7]"  # one item that is not a reading: the item-by-item path
+
+    async def go() -> None:
+        sorter = Sorter(1)
+        await sorter.start()
+        sort = partial(sorter.sort, ndjson=False, max_items=1000, only_device=None, not_after=None)
+        try:
+            for sent in (body, bad):
+                assert await sort(sent) == sort_body(sent, ndjson=False, max_items=1000)
+            with pytest.raises(MalformedBatch, match="not valid JSON"):
+                await sort(b"[{")
+
+            [worker] = [
+                p
+                for p in psutil.Process(os.getpid()).children()
+                if any("spawn_main" in part for part in p.cmdline())
+            ]
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+            with pytest.raises(SorterUnavailable):
+                await sort(body)
+            assert len((await sort(body)).accepted) == 500  # a new worker took over
+        finally:
+            sorter.stop()
+
+    asyncio.run(go())
