@@ -44,6 +44,7 @@ class Run:
         )
         self.stack = LocalStack(self.settings, data_dir=self.work, simulate=False)
         self.control = self.work / "scenario.json"
+        self.interval = 1.0  # seconds between the simulator's posts
 
     def lag(self) -> tuple[int, dict[str, int]]:
         """Readings on the topic, and those each consumer group has not yet saved as done."""
@@ -69,7 +70,8 @@ class Run:
         with log.open("ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", "simulate", "--rate", str(rate),
-                 "--concurrency", "8", "--control", str(self.control)],
+                 "--concurrency", "8", "--control", str(self.control),
+                 "--interval", str(self.interval)],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         try:
@@ -96,8 +98,12 @@ def main() -> None:
     parser.add_argument("--rates", default="5000,10000,20000,30000,40000")
     parser.add_argument("--step-seconds", type=float, default=30.0)
     parser.add_argument("--latency-seconds", type=float, default=90.0)
+    parser.add_argument(
+        "--interval", type=float, default=1.0, help="Seconds between the simulator's posts."
+    )
     args = parser.parse_args()
     run = Run()
+    run.interval = args.interval
     run.start()
     try:
         print(f"{'rate/s':>8} {'accepted/s':>11} {'rules lag +':>12} {'writer lag +':>13}  kept up")

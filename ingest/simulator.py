@@ -122,8 +122,11 @@ async def run(
     control: Path | None = None,
     tickets: bool = True,
     concurrency: int = 4,
+    interval: float = 1.0,
 ) -> Counts:
-    """Feed ingest at about ``rate`` readings per second until stopped."""
+    """Feed ingest at about ``rate`` readings per second until stopped, posting every
+    ``interval`` seconds (at most 1) what the devices measured since the last post."""
+    interval = min(max(interval, 0.01), 1.0)
     city = City(seed)
     rng = np.random.default_rng(seed)
     counts = Counts()
@@ -141,7 +144,7 @@ async def run(
             count, carry = int(carry), carry - int(carry)
             elapsed, last = tick - last, tick
             batches = [
-                city.body(tick, min(MAX_BATCH, count - start), running)
+                city.body(tick, min(MAX_BATCH, count - start), running, span=elapsed)
                 for start in range(0, count, MAX_BATCH)
             ]
             jobs: list[Coroutine[Any, Any, None]] = [
@@ -159,7 +162,9 @@ async def run(
                 ]
             await _bounded(jobs, concurrency)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=max(0.0, 1.0 - (time.time() - tick)))
+                await asyncio.wait_for(
+                    stop.wait(), timeout=max(0.0, interval - (time.time() - tick))
+                )
     log.info(
         "simulator stopped: %d readings accepted, %d refused, %d tickets filed",
         counts.accepted,

@@ -186,6 +186,13 @@ def migrate_command(ctx: click.Context, revision: str) -> None:
 )
 @click.option("--tickets/--no-tickets", default=True, help="Also file 12345 calls over Open311.")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.01, 1.0),
+    default=1.0,
+    show_default=True,
+    help="Seconds between posts; each posts what the devices measured since the last.",
+)
 @click.pass_context
 def simulate(
     ctx: click.Context,
@@ -196,6 +203,7 @@ def simulate(
     control: Path | None,
     tickets: bool,
     concurrency: int,
+    interval: float,
 ) -> None:
     """Feed the ingest service with the simulated city (readings and 12345 calls)."""
     from ingest import simulator
@@ -217,6 +225,7 @@ def simulate(
             control=control or _data_dir(settings) / "scenario.json",
             tickets=tickets,
             concurrency=concurrency,
+            interval=interval,
         )
     )
 

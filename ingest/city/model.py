@@ -126,11 +126,19 @@ class City:
         self.cursor = int((self.cursor + count) % len(self.devices))
         return idx
 
-    def body(self, now: float, count: int, running: scenarios.Running | None = None) -> bytes:
-        """A JSON array of ``count`` readings spread over the second before ``now``."""
+    def body(
+        self,
+        now: float,
+        count: int,
+        running: scenarios.Running | None = None,
+        *,
+        span: float = 1.0,
+    ) -> bytes:
+        """A JSON array of ``count`` readings spread over the ``span`` seconds before ``now``
+        (at most one second)."""
         idx = self.next_devices(count)
         offsets = (np.arange(count, dtype=np.float64) - count) / max(count, 1)
-        t = now + offsets
+        t = now + offsets * min(max(span, 0.0), 1.0)
         if running is not None:
             keep = ~scenarios.silenced(running, self.targets, idx)
             idx, t = idx[keep], t[keep]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import numpy as np
 import orjson
 import pytest
@@ -96,3 +98,15 @@ def test_calls_are_realistic_and_surge_with_the_typhoon(city: City) -> None:
     assert ticket.caller.phone is not None
     assert ticket.caller.phone.startswith("1")
     assert len(ticket.caller.phone) == 11
+
+
+@pytest.mark.parametrize("span", [1.0, 0.2])
+def test_a_body_spreads_its_readings_over_the_span_before_now(city: City, span: float) -> None:
+    """The simulator posts every ``span`` seconds what the devices measured since its last
+    post, so each reading's time falls in that span."""
+    times = [
+        datetime.fromisoformat(i["ts"]).timestamp()
+        for i in orjson.loads(city.body(T, 1000, span=span))
+    ]
+    assert T - span - 0.002 <= min(times) < T - span + 0.01
+    assert max(times) <= T
