@@ -1,7 +1,7 @@
 """Ingest figures: readings/s accepted over HTTP into Kafka, over MQTT into Kafka, and Open311
 POSTs/s, each beside a reference measured in the same run, plus the simulator's own rate.
 
-    python -m bench.ingest [--readings 200000] [--mqtt 20000] [--tickets 2000] [--clients 4]
+    python -m bench.ingest [--readings 1000000] [--mqtt 20000] [--tickets 2000] [--clients 4]
 
 It starts its own broker, PostgreSQL and Mosquitto in a temporary directory, then ingest and
 the MQTT bridge as processes (device registry on, the simulated city's devices registered).
@@ -142,7 +142,7 @@ def bare_mqtt_rate(port: int, messages: list[tuple[str, bytes]]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--readings", type=int, default=200_000)
+    parser.add_argument("--readings", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=5_000)
     parser.add_argument("--mqtt", type=int, default=20_000, help="MQTT messages, one reading each")
     parser.add_argument("--tickets", type=int, default=2_000, help="Open311 POSTs")
