@@ -205,7 +205,7 @@ def sort_items(
     id filled in."""
     out = Sorted()
     accepted, rejected = out.accepted, out.rejected
-    convert = units.normalise
+    convert, canonical = units.normalise, units.CANONICAL
     dumps, utc_z, whole = orjson.dumps, orjson.OPT_UTC_Z, len(PLACE_FIELDS)
     for index, item in enumerate(items):
         if checked:
@@ -216,7 +216,8 @@ def sort_items(
                 rejected.append(checked_item)
                 continue
             record = checked_item
-        device_id, ts = record["device_id"], record["ts"]
+        # In UTC first: comparing datetimes that share a tzinfo object skips their offsets.
+        device_id, ts = record["device_id"], record["ts"].astimezone(UTC)
         if only_device is not None and device_id != only_device:
             reason = f"device_id: this key may only send readings of device {only_device!r}"
             rejected.append(Rejection(index, reason, item))
@@ -229,13 +230,13 @@ def sort_items(
             rejected.append(Rejection(index, reason, item))
             continue
         metric = record["metric"]
-        try:
-            record["unit"], record["value"] = convert(metric, record["unit"], record["value"])
-        except units.UnitError as exc:
-            rejected.append(Rejection(index, str(exc), item))
-            continue
-        if ts.utcoffset():  # most devices send UTC already ("Z"), which needs no converting
-            ts = record["ts"] = ts.astimezone(UTC)
+        if canonical.get(metric, record["unit"]) != record["unit"]:
+            try:
+                record["unit"], record["value"] = convert(metric, record["unit"], record["value"])
+            except units.UnitError as exc:
+                rejected.append(Rejection(index, str(exc), item))
+                continue
+        record["ts"] = ts
         given = record.get("reading_id")
         reading_id = reading_id_at(device_id, metric, ts) if given is None else str(given)
         record["reading_id"] = reading_id  # type: ignore[typeddict-item]
