@@ -140,11 +140,11 @@ def main() -> None:
         }
         with psycopg.connect(run.db_url) as conn:
             rows = conn.execute(
-                "SELECT indicator, extract(epoch FROM stored_at - observed_at) "
+                "SELECT indicator, scope_level, extract(epoch FROM stored_at - observed_at) "
                 "FROM alert_transitions WHERE stored_at >= %s",
                 (since,),
             ).fetchall()
-        latencies = sorted(float(s) - lateness.get(code, 0) for code, s in rows)
+        latencies = sorted(float(s) - lateness.get(code, 0) for code, _, s in rows)
         if len(latencies) < 20:
             print(f"only {len(latencies)} alert transitions at half load: no percentiles")
             return
@@ -154,6 +154,11 @@ def main() -> None:
             f"({len(latencies):,} transitions): p50 {q[49] * 1000:,.0f} ms, "
             f"p99 {q[98] * 1000:,.0f} ms after the window could close"
         )
+        # Device scopes are judged where their readings land; the others after a roll-up hop.
+        for level in sorted({level for _, level, _ in rows}):
+            mine = sorted(float(s) - lateness.get(c, 0) for c, lv, s in rows if lv == level)
+            p50, top = statistics.median(mine) * 1000, mine[-1] * 1000
+            print(f"  {level:<9} {len(mine):>5,} transitions: p50 {p50:,.0f} ms, max {top:,.0f} ms")
     finally:
         run.stack.stop()
 
