@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
@@ -28,10 +31,19 @@ class SorterUnavailable(Exception):
     """A worker process died while sorting a body; nothing of it was accepted."""
 
 
-def _start_worker() -> None:
+def _start_worker(parent: int) -> None:
     # The service stops its workers itself: Ctrl-C in a terminal reaches the whole group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     collect_for_throughput()
+    threading.Thread(target=_exit_with, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker once the service is gone (killed without a chance to stop it): the
+    task queue's pipe stays open in the worker itself, so it would wait forever."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def _ready() -> bool:
@@ -48,14 +60,21 @@ class Sorter:
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn, not fork: the service has threads (the registry, the producer) by now.
         return ProcessPoolExecutor(
-            self.processes, mp_context=get_context("spawn"), initializer=_start_worker
+            self.processes,
+            mp_context=get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(os.getpid(),),
         )
 
     async def start(self) -> None:
         """Start the workers now, so the first request does not wait for them."""
         if self.processes:
-            self._pool = self._new_pool()
-            await asyncio.get_running_loop().run_in_executor(self._pool, _ready)
+            pool = self._pool = self._new_pool()
+            loop = asyncio.get_running_loop()
+            # A worker is spawned per task while none is idle: one task each starts them all.
+            await asyncio.gather(
+                *(loop.run_in_executor(pool, _ready) for _ in range(self.processes))
+            )
 
     def stop(self) -> None:
         if self._pool is not None:

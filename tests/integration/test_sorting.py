@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 
 import psutil
 import pytest
@@ -43,3 +46,41 @@ def test_a_worker_process_sorts_as_the_event_loop_would_and_a_dead_one_is_replac
             sorter.stop()
 
     asyncio.run(go())
+
+
+SERVICE = """
+import asyncio
+from ingest.sorting import Sorter
+
+async def main():
+    sorter = Sorter(2)
+    await sorter.start()
+    print("ready", flush=True)
+    await asyncio.sleep(120)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_workers_end_when_the_service_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "service.py"
+    script.write_text(SERVICE)
+    service = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, cwd=Path(__file__).parents[2]
+    )
+    try:
+        assert service.stdout is not None
+        assert service.stdout.readline().strip() == b"ready"
+        workers = [
+            p
+            for p in psutil.Process(service.pid).children()
+            if any("spawn_main" in part for part in p.cmdline())
+        ]
+        assert len(workers) == 2  # both started before the first request
+        service.kill()
+        service.wait(10)
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, f"workers outlived the service: {alive}"
+    finally:
+        service.kill()
