@@ -42,6 +42,7 @@ class Accepted(NamedTuple):
     device_id: str
     value: bytes  # the record, JSON
     placed: bool  # the record states every one of PLACE_FIELDS
+    position: int  # its place in the submitted batch, for a later refusal (the registry's)
 
     @property
     def key(self) -> bytes:
@@ -170,7 +171,11 @@ def sort_body(
     raises MalformedBatch when it is not a batch of readings at all."""
     records = read_records(body, ndjson=ndjson, max_items=max_items)
     if records is not None:
-        return sort_items(records, checked=True, only_device=only_device, not_after=not_after)
+        result = sort_items(records, checked=True, only_device=only_device, not_after=not_after)
+        if not result.rejected:
+            return result
+        # A refused item's dead letter keeps what the client sent, not the validated record:
+        # read the body item by item (refusals past validation are rare).
     items = (parse_ndjson if ndjson else parse_body)(body, max_items=max_items)
     return sort_items(items, only_device=only_device, not_after=not_after)
 
@@ -242,7 +247,8 @@ def sort_items(
         record["reading_id"] = reading_id  # type: ignore[typeddict-item]
         place = record.get("location")
         placed = place is not None and len(place) == whole and None not in place.values()
-        accepted.append(Accepted(reading_id, device_id, dumps(record, option=utc_z), placed))
+        value = dumps(record, option=utc_z)
+        accepted.append(Accepted(reading_id, device_id, value, placed, index))
     return out
 
 

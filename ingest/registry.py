@@ -38,12 +38,12 @@ def check_devices(result: Sorted, devices: Mapping[str, DeviceEntry]) -> Sorted:
     """Refuse readings of unknown or disabled devices; fill the location a reading leaves out
     from the registry (what the device itself says wins)."""
     out = Sorted(rejected=list(result.rejected))
-    for index, accepted in enumerate(result.accepted):
+    for accepted in result.accepted:
         entry = devices.get(accepted.device_id)
         if entry is None or not entry.active:
             why = "is not registered" if entry is None else "is disabled in the registry"
             reason = f"device_id: device {accepted.device_id!r} {why}"
-            out.rejected.append(Rejection(index, reason, accepted.record))
+            out.rejected.append(Rejection(accepted.position, reason, accepted.record))
             continue
         if not accepted.placed and entry.place:
             record = accepted.record

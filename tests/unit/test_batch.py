@@ -193,3 +193,28 @@ def test_a_sorted_batch_crosses_a_pipe_by_columns_and_comes_back_the_same() -> N
     assert back == result
     assert all(type(a) is Accepted for a in back.accepted)
     assert pickle.loads(pickle.dumps(Sorted())) == Sorted()
+
+
+def test_a_refused_item_keeps_what_the_client_sent_even_from_a_valid_body() -> None:
+    late = {**ITEM, "device_id": "e", "ts": "2026-07-01T16:10:00+08:00", "value": 3}
+    body = orjson.dumps([ITEM, late])
+    now = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
+    result = sort_body(body, ndjson=False, max_items=10, not_after=latest_allowed(300, now))
+    assert [a.device_id for a in result.accepted] == ["d"]
+    [refused] = result.rejected
+    assert (refused.index, refused.item) == (1, late)  # not the normalised record
+
+
+def test_the_registry_refuses_by_the_item_s_place_in_the_batch_and_fills_in_places() -> None:
+    from ingest.registry import DeviceEntry, check_devices
+
+    items = [7, {**ITEM, "device_id": "ghost"}, {**ITEM, "location": {"grid": "g1"}}]
+    devices = {"d": DeviceEntry(active=True, place={"district": "yuexiu", "grid": "g0"})}
+    result = check_devices(sort_items(items), devices)
+    assert sorted((r.index, r.reason.split(" ")[0]) for r in result.rejected) == [
+        (0, "expected"),
+        (1, "device_id:"),
+    ]
+    [kept] = result.accepted
+    assert kept.position == 2
+    assert kept.record["location"] == {"grid": "g1", "district": "yuexiu"}
