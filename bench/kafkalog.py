@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import orjson
 import psycopg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from rules.engine import Definitions, encode_tick, replay
 from rules.indicators import Catalogue, Source
@@ -39,6 +40,27 @@ async def tick_all(kafka: KafkaSettings, at: datetime) -> None:
 
 async def read_log(kafka: KafkaSettings, topic: str) -> Logs:
     """Every record of every partition of a topic, in offset order, ticks marked."""
+    return {
+        p: [(r.value or b"", is_tick(r)) for r in records]
+        for p, records in (await read_records(kafka, topic)).items()
+    }
+
+
+async def produced_at(kafka: KafkaSettings, topic: str) -> dict[str, float]:
+    """When each record on ``topic`` was produced (its timestamp, epoch seconds), by the
+    ``transition_id`` or ``value_id`` it carries."""
+    out = {}
+    for records in (await read_records(kafka, topic)).values():
+        for r in records:
+            body = orjson.loads(r.value or b"{}")
+            out[str(body.get("transition_id") or body.get("value_id"))] = r.timestamp / 1000
+    return out
+
+
+async def read_records(
+    kafka: KafkaSettings, topic: str
+) -> dict[int, list[ConsumerRecord[bytes, bytes]]]:
+    """Every record of every partition of a topic, in offset order."""
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -49,11 +71,11 @@ async def read_log(kafka: KafkaSettings, topic: str) -> Logs:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        logs: Logs = {tp.partition: [] for tp in tps}
+        logs: dict[int, list[ConsumerRecord[bytes, bytes]]] = {tp.partition: [] for tp in tps}
         while any([await consumer.position(tp) < ends[tp] for tp in tps]):
             batch = await consumer.getmany(timeout_ms=500)
             for tp, records in batch.items():
-                logs[tp.partition] += [(r.value or b"", is_tick(r)) for r in records]
+                logs[tp.partition] += records
         return logs
     finally:
         await consumer.stop()
