@@ -13,8 +13,6 @@ import asyncio
 import logging
 import os
 import signal
-import threading
-import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
@@ -22,7 +20,7 @@ from functools import partial
 from multiprocessing import get_context
 
 from ingest.batch import Sorted, sort_body
-from services.runtime import collect_for_throughput
+from services.runtime import collect_for_throughput, exit_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +33,7 @@ def _start_worker(parent: int) -> None:
     # The service stops its workers itself: Ctrl-C in a terminal reaches the whole group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     collect_for_throughput()
-    threading.Thread(target=_exit_with, args=(parent,), name="parent-watch", daemon=True).start()
-
-
-def _exit_with(parent: int) -> None:
-    """End this worker once the service is gone (killed without a chance to stop it): the
-    task queue's pipe stays open in the worker itself, so it would wait forever."""
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(0)
+    exit_with_parent(parent)  # the task queue's pipe is open in the worker: it would wait
 
 
 def _ready() -> bool:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from schemas.base import describe_errors
 from services.config import Settings
-from services.runtime import collect_for_throughput
+from services.runtime import collect_for_throughput, exit_with_parent
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -144,16 +144,27 @@ def mqtt_bridge(ctx: click.Context) -> None:
 @click.option(
     "--migrate/--no-migrate", "apply", default=True, help="Apply schema migrations before starting."
 )
+@click.option(
+    "--role",
+    type=click.Choice(["readings", "alerts", "events"]),
+    default=None,
+    help="Run only this consumer (to scale roles apart); without it, each runs in a child "
+    "process of this one.",
+)
+@click.option("--exit-with", type=int, default=None, hidden=True)
 @click.pass_context
-def writer(ctx: click.Context, apply: bool) -> None:
-    """Run the storage writer (readings and alerts into PostgreSQL)."""
+def writer(ctx: click.Context, apply: bool, role: str | None, exit_with: int | None) -> None:
+    """Run the storage writer (readings, alerts, indicator values, tickets and dead letters
+    into PostgreSQL)."""
     from services.db import migrate
     from services.storage.writer import run
 
     settings = _settings(ctx)
+    if exit_with is not None:
+        exit_with_parent(exit_with)
     if apply:
         migrate(settings.db)
-    _run_until_signalled(lambda stop: run(settings, stop))
+    _run_until_signalled(lambda stop: run(settings, stop, role))
 
 
 @main.command("migrate")

@@ -150,8 +150,12 @@ class RulesSettings(_Section):
 
 
 class WriterSettings(_Section):
-    consumer_group: str = "city-vitals-writer"
-    batch_wait_ms: int = Field(default=200, ge=1)
+    consumer_group: str = Field(
+        default="city-vitals-writer",
+        description="Readings are consumed in this group, alerts in '<group>-alerts', and "
+        "indicator values, tickets and dead letters in '<group>-events', each by a process "
+        "of its own: an alert never waits behind the others.",
+    )
     # Rollup refresh and retention run inside the writer (one replica at a time) on plain
     # PostgreSQL; TimescaleDB's own job scheduler runs its policies.
     maintenance_interval_seconds: float = Field(default=30.0, gt=0)

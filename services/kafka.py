@@ -27,13 +27,13 @@ log = logging.getLogger(__name__)
 Batch = Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
 
 
-def make_producer(kafka: KafkaSettings) -> AIOKafkaProducer:
+def make_producer(kafka: KafkaSettings, linger_ms: int | None = None) -> AIOKafkaProducer:
     """A producer that waits for all in-sync replicas, idempotent where the broker allows."""
     return AIOKafkaProducer(
         bootstrap_servers=kafka.bootstrap_servers,
         acks="all",
         enable_idempotence=kafka.enable_idempotence,
-        linger_ms=kafka.linger_ms,
+        linger_ms=kafka.linger_ms if linger_ms is None else linger_ms,
         request_timeout_ms=kafka.request_timeout_ms,
         max_batch_size=1024 * 1024,
     )
@@ -256,6 +256,7 @@ async def run_consumer(
     handler: BatchHandler,
     stop: asyncio.Event,
     poll_ms: int = 200,
+    fetch_max_wait_ms: int | None = None,
 ) -> None:
     """Consume ``topics`` in ``group_id`` until ``stop`` is set, committing after each batch."""
     consumer = AIOKafkaConsumer(
@@ -265,7 +266,9 @@ async def run_consumer(
         auto_offset_reset="earliest",
         request_timeout_ms=max(kafka.request_timeout_ms, 40_000),
         max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+        fetch_max_wait_ms=kafka.fetch_max_wait_ms
+        if fetch_max_wait_ms is None
+        else fetch_max_wait_ms,
         session_timeout_ms=kafka.session_timeout_ms,
         heartbeat_interval_ms=max(kafka.session_timeout_ms // 4, 300),
     )

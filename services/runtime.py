@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+import os
+import threading
+import time
 
 
 def collect_for_throughput() -> None:
@@ -16,3 +19,15 @@ def collect_for_throughput() -> None:
     """
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
+
+
+def exit_with_parent(parent: int) -> None:
+    """End this process once ``parent`` is gone (killed without a chance to stop its
+    children): a child would otherwise go on alone, or wait forever on a pipe it holds."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

@@ -17,6 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +53,9 @@ from services.storage.scheduled import maintain, prepare
 log = logging.getLogger(__name__)
 
 SOURCE = "writer"
+# The writer's consumers share one event loop: CPU-bound work on readings gives the others a
+# turn this often (about 5 ms of decoding), so an alert does not wait for a whole batch.
+SLICE = 500
 
 READING_COLUMNS = (
     "ts",
@@ -379,12 +385,15 @@ async def copy_rows(
     types: tuple[str, ...],
     rows: list[tuple[object, ...]],
 ) -> None:
-    """Load rows with binary COPY."""
+    """Load rows with binary COPY, letting the event loop's other consumers run every
+    ``SLICE`` rows."""
     statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
     async with cur.copy(statement) as copy:
         copy.set_types(list(types))
-        for row in rows:
-            await copy.write_row(row)
+        for start in range(0, len(rows), SLICE):
+            for row in rows[start : start + SLICE]:
+                await copy.write_row(row)
+            await asyncio.sleep(0)
 
 
 def record_time(record: ConsumerRecord[bytes, bytes]) -> datetime:
@@ -457,7 +466,9 @@ class WriterHandler:
     async def revoked(self, partitions: set[TopicPartition]) -> None:
         return None  # nothing held in memory between batches
 
-    def decode(self, batch: Batch) -> Decoded:
+    async def decode(self, batch: Batch) -> Decoded:
+        """Sort a batch's records into rows, letting the event loop's other consumers run every
+        ``SLICE`` readings (an alert must not wait for a whole batch of them)."""
         out = Decoded()
         topics = self.topics
         for tp, records in batch.items():
@@ -467,7 +478,9 @@ class WriterHandler:
                 validate = READING_RECORD.validate_json
                 rows = out.readings
                 stamps: dict[int, datetime] = {}
-                for record in records:
+                for n, record in enumerate(records, 1):
+                    if n % SLICE == 0:
+                        await asyncio.sleep(0)
                     if record.headers and is_tick(record):
                         continue
                     at = stamps.get(record.timestamp)
@@ -556,7 +569,7 @@ class WriterHandler:
         """Write the batch's rows and its end offsets in one transaction (only the offsets
         with ``skip_rows``), dead-lettering undecodable records first unless ``letters`` is
         off. Raises ``Fenced`` if another member wrote past it."""
-        decoded = Decoded() if skip_rows else self.decode(batch)
+        decoded = Decoded() if skip_rows else await self.decode(batch)
         if letters and decoded.rejected:
             await self.dead_letter(decoded.rejected)
         conn = await self.connection()
@@ -597,9 +610,9 @@ class WriterHandler:
                     cur, "staging_transitions", TRANSITION_COLUMNS, TRANSITION_TYPES, rows
                 )
                 await cur.execute(MOVE_TRANSITIONS)
-                # One statement per transition, in order: each must see the one before it.
-                for t in decoded.transitions:
-                    await cur.execute(UPSERT_ALERT, alert_params(t))
+                # One statement per transition, in order (each must see the one before it),
+                # sent as one pipeline: a burst of transitions costs one round trip.
+                await cur.executemany(UPSERT_ALERT, [alert_params(t) for t in decoded.transitions])
 
 
 async def run_maintenance(settings: Settings, stop: asyncio.Event) -> None:
@@ -623,32 +636,80 @@ async def run_maintenance(settings: Settings, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), settings.writer.maintenance_interval_seconds)
 
 
-async def run(settings: Settings, stop: asyncio.Event) -> None:
-    """Run the writer until ``stop`` is set."""
+# The writer's consumers, each in its own group and process: an alert never waits for a batch
+# of readings being decoded and copied, nor for the burst of values every window close brings.
+ROLES = ("readings", "alerts", "events")
+
+
+def role_consumer(settings: Settings, role: str) -> tuple[str, list[str]]:
+    """The consumer group and topics of one writer role. All keep their offsets in
+    ``consumer_offsets`` under the writer's group name: their topics do not overlap."""
+    topics = settings.kafka.topics
+    group = settings.writer.consumer_group
+    match role:
+        case "readings":
+            return group, [topics.readings]
+        case "alerts":
+            return f"{group}-alerts", [topics.alerts]
+        case "events":
+            return f"{group}-events", [topics.indicator_values, topics.tickets, topics.dead_letter]
+    raise ValueError(f"no writer role {role!r}; roles: {', '.join(ROLES)}")
+
+
+async def run(settings: Settings, stop: asyncio.Event, role: str | None = None) -> None:
+    """Run the writer until ``stop`` is set: one ``role``'s consumer in this process, or with
+    none, every role in a child process of its own (``city-vitals writer --role``) while this
+    one keeps the storage upkeep and ends (for a supervisor to restart it) if a child does."""
+    if role is None:
+        await _supervise(settings, stop)
+        return
+    group_id, subscribed = role_consumer(settings, role)
     await wait_for_broker(settings.kafka)
     producer = make_producer(settings.kafka)
     await producer.start()
     handler = WriterHandler(settings, None, producer)
-    upkeep = asyncio.create_task(run_maintenance(settings, stop))
     try:
-        topics = settings.kafka.topics
         await run_consumer(
             settings.kafka,
-            group_id=settings.writer.consumer_group,
-            topics=[
-                topics.readings,
-                topics.alerts,
-                topics.indicator_values,
-                topics.tickets,
-                topics.dead_letter,
-            ],
+            group_id=group_id,
+            topics=subscribed,
             handler=handler,
             stop=stop,
+            # Alerts are few: polling the broker more often costs little and saves them time.
+            fetch_max_wait_ms=10 if role == "alerts" else None,
         )
+    finally:
+        if handler.conn is not None:
+            await handler.conn.close()
+        await producer.stop()
+
+
+def _spawn(role: str) -> subprocess.Popen[bytes]:
+    """``city-vitals writer --role`` as a child that ends when this process does."""
+    command = ["writer", "--no-migrate", "--role", role, "--exit-with", str(os.getpid())]
+    return subprocess.Popen([sys.executable, "-m", "services.cli", *command])
+
+
+async def _supervise(settings: Settings, stop: asyncio.Event) -> None:
+    children = {role: _spawn(role) for role in ROLES}
+    upkeep = asyncio.create_task(run_maintenance(settings, stop))
+    try:
+        while not stop.is_set():
+            for role, child in children.items():
+                if child.poll() is not None:
+                    raise RuntimeError(f"writer {role} exited with code {child.returncode}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
     finally:
         upkeep.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await upkeep
-        if handler.conn is not None:
-            await handler.conn.close()
-        await producer.stop()
+        for child in children.values():
+            if child.poll() is None:
+                child.terminate()  # each finishes its batch
+        for role, child in children.items():
+            try:
+                await asyncio.to_thread(child.wait, 30)
+            except subprocess.TimeoutExpired:
+                log.error("writer %s did not stop in 30 s; killing it", role)
+                child.kill()
