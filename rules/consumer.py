@@ -47,7 +47,13 @@ Task = SourceTask | RollupTask
 class RulesHandler:
     """The engine tasks of the partitions this member owns, and their saving."""
 
-    def __init__(self, settings: Settings, defs: Definitions, producer: AIOKafkaProducer) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        defs: Definitions,
+        producer: AIOKafkaProducer,
+        prompt: AIOKafkaProducer | None = None,
+    ) -> None:
         self.settings = settings
         self.topics: Topics = settings.kafka.topics
         self.group = settings.rules.consumer_group
@@ -55,6 +61,10 @@ class RulesHandler:
         self.defs = defs
         self.producer = producer
         self.batches = KeyedBatches(producer)
+        # Alerts and what the roll-up stage waits for (partials, marks) have a producer, a
+        # connection, of their own: a producer has one request in flight per broker, and they
+        # must not queue behind the burst of indicator values every window close brings.
+        self.prompt = KeyedBatches(prompt or producer)
         self.sources = {Source.SENSOR: self.topics.readings, Source.TICKETS: self.topics.tickets}
         self.tasks: dict[TopicPartition, Task] = {}
         self.stored: dict[TopicPartition, int | None] = {}  # offset in PostgreSQL (CAS)
@@ -144,24 +154,31 @@ class RulesHandler:
             await self.save(set(self.dirty))
 
     async def _emit(self, out: Output, records: list[Any]) -> None:
-        send = self.producer.send
         topics = self.topics
         pending = self.pending
-        batches = self.batches
-        pending += await batches.send(topics.alerts, [(t.key, encode(t)) for t in out.transitions])
-        pending += await batches.send(
-            topics.indicator_values, [(v.key, encode(v)) for v in out.values]
-        )
-        # Partials before the marks that follow them on every roll-up partition.
-        pending += await batches.send(topics.rollup, [(p.key, encode(p)) for p in out.partials])
+        prompt = self.prompt
+        if out.transitions:
+            pending += await prompt.send(
+                topics.alerts, [(t.key, encode(t)) for t in out.transitions]
+            )
+            # Out now: the loop is busy with this batch's other outputs and records until it
+            # ends, and the producer's sender would wait for it.
+            await prompt.producer.flush()
+        # Partials before the marks that follow them on every roll-up partition: the roll-up
+        # stage closes a window on the marks, so they too go ahead of the values.
+        pending += await prompt.send(topics.rollup, [(p.key, encode(p)) for p in out.partials])
         if out.marks:
-            for partition in sorted(await self.producer.partitions_for(topics.rollup)):
+            send = prompt.producer.send
+            for partition in sorted(await prompt.producer.partitions_for(topics.rollup)):
                 for m in out.marks:
                     pending.append(await send(topics.rollup, encode(m), partition=partition))
+        pending += await self.batches.send(
+            topics.indicator_values, [(v.key, encode(v)) for v in out.values]
+        )
         for pos, reason in out.rejected:
             record = records[pos]
             letter = dead_letter(SOURCE, reason, record.value or b"", record)
-            pending.append(await send(topics.dead_letter, encode(letter)))
+            pending.append(await self.producer.send(topics.dead_letter, encode(letter)))
         if out.rejected:
             log.warning("%d malformed records dead-lettered", len(out.rejected))
         if out.late:
@@ -239,10 +256,11 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     catalogue = Catalogue.from_yaml(settings.rules.catalogue)
     log.info("rules engine loaded %d indicators", len(catalogue))
     await wait_for_broker(settings.kafka)
-    producer = make_producer(settings.kafka)
+    producer, prompt = make_producer(settings.kafka), make_producer(settings.kafka, linger_ms=0)
     await producer.start()
+    await prompt.start()
     handler = RulesHandler(
-        settings, Definitions(catalogue, stale_factor=settings.rules.stale_factor), producer
+        settings, Definitions(catalogue, stale_factor=settings.rules.stale_factor), producer, prompt
     )
     topics = settings.kafka.topics
     watcher = asyncio.create_task(watch_definitions(settings, handler, stop))
@@ -260,6 +278,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         watcher.cancel()
         ticker.cancel()
         await producer.stop()
+        await prompt.stop()
 
 
 async def tick_forever(settings: Settings, handler: RulesHandler, stop: asyncio.Event) -> None:
