@@ -53,9 +53,6 @@ from services.storage.scheduled import maintain, prepare
 log = logging.getLogger(__name__)
 
 SOURCE = "writer"
-# The writer's consumers share one event loop: CPU-bound work on readings gives the others a
-# turn this often (about 5 ms of decoding), so an alert does not wait for a whole batch.
-SLICE = 500
 
 READING_COLUMNS = (
     "ts",
@@ -385,15 +382,12 @@ async def copy_rows(
     types: tuple[str, ...],
     rows: list[tuple[object, ...]],
 ) -> None:
-    """Load rows with binary COPY, letting the event loop's other consumers run every
-    ``SLICE`` rows."""
+    """Load rows with binary COPY."""
     statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
     async with cur.copy(statement) as copy:
         copy.set_types(list(types))
-        for start in range(0, len(rows), SLICE):
-            for row in rows[start : start + SLICE]:
-                await copy.write_row(row)
-            await asyncio.sleep(0)
+        for row in rows:
+            await copy.write_row(row)
 
 
 def record_time(record: ConsumerRecord[bytes, bytes]) -> datetime:
@@ -466,9 +460,7 @@ class WriterHandler:
     async def revoked(self, partitions: set[TopicPartition]) -> None:
         return None  # nothing held in memory between batches
 
-    async def decode(self, batch: Batch) -> Decoded:
-        """Sort a batch's records into rows, letting the event loop's other consumers run every
-        ``SLICE`` readings (an alert must not wait for a whole batch of them)."""
+    def decode(self, batch: Batch) -> Decoded:
         out = Decoded()
         topics = self.topics
         for tp, records in batch.items():
@@ -478,9 +470,7 @@ class WriterHandler:
                 validate = READING_RECORD.validate_json
                 rows = out.readings
                 stamps: dict[int, datetime] = {}
-                for n, record in enumerate(records, 1):
-                    if n % SLICE == 0:
-                        await asyncio.sleep(0)
+                for record in records:
                     if record.headers and is_tick(record):
                         continue
                     at = stamps.get(record.timestamp)
@@ -569,7 +559,7 @@ class WriterHandler:
         """Write the batch's rows and its end offsets in one transaction (only the offsets
         with ``skip_rows``), dead-lettering undecodable records first unless ``letters`` is
         off. Raises ``Fenced`` if another member wrote past it."""
-        decoded = Decoded() if skip_rows else await self.decode(batch)
+        decoded = Decoded() if skip_rows else self.decode(batch)
         if letters and decoded.rejected:
             await self.dead_letter(decoded.rejected)
         conn = await self.connection()
@@ -658,16 +648,18 @@ def role_consumer(settings: Settings, role: str) -> tuple[str, list[str]]:
 
 async def run(settings: Settings, stop: asyncio.Event, role: str | None = None) -> None:
     """Run the writer until ``stop`` is set: one ``role``'s consumer in this process, or with
-    none, every role in a child process of its own (``city-vitals writer --role``) while this
-    one keeps the storage upkeep and ends (for a supervisor to restart it) if a child does."""
+    none, every role in a child process of its own (``city-vitals writer --role``), ending
+    (for a supervisor to restart it) if a child does. The readings role also keeps the
+    storage upkeep (rollups and retention on plain PostgreSQL)."""
     if role is None:
-        await _supervise(settings, stop)
+        await _supervise(stop)
         return
     group_id, subscribed = role_consumer(settings, role)
     await wait_for_broker(settings.kafka)
     producer = make_producer(settings.kafka)
     await producer.start()
     handler = WriterHandler(settings, None, producer)
+    upkeep = asyncio.create_task(run_maintenance(settings, stop)) if role == "readings" else None
     try:
         await run_consumer(
             settings.kafka,
@@ -679,6 +671,10 @@ async def run(settings: Settings, stop: asyncio.Event, role: str | None = None) 
             fetch_max_wait_ms=10 if role == "alerts" else None,
         )
     finally:
+        if upkeep is not None:
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
         if handler.conn is not None:
             await handler.conn.close()
         await producer.stop()
@@ -690,9 +686,8 @@ def _spawn(role: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "services.cli", *command])
 
 
-async def _supervise(settings: Settings, stop: asyncio.Event) -> None:
+async def _supervise(stop: asyncio.Event) -> None:
     children = {role: _spawn(role) for role in ROLES}
-    upkeep = asyncio.create_task(run_maintenance(settings, stop))
     try:
         while not stop.is_set():
             for role, child in children.items():
@@ -701,9 +696,6 @@ async def _supervise(settings: Settings, stop: asyncio.Event) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
     finally:
-        upkeep.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await upkeep
         for child in children.values():
             if child.poll() is None:
                 child.terminate()  # each finishes its batch
