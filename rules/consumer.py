@@ -75,6 +75,7 @@ class RulesHandler:
         self.saved_at = time.monotonic()
         self.saving = asyncio.Lock()
         self.late = 0
+        self.in_batch = False  # a batch is between folding and advancing its positions
 
     def use(self, defs: Definitions) -> None:
         """New definitions or emergency scopes, applied from the next batch on."""
@@ -135,35 +136,51 @@ class RulesHandler:
     # -- processing ---------------------------------------------------------------------
 
     async def handle(self, batch: Batch) -> None:
-        for tp, records in batch.items():
-            task = self.tasks.get(tp)
-            if task is None:
-                continue  # revoked while the batch was in flight
-            fresh = [r for r in records if r.offset >= self.position[tp]]
-            if not fresh:
-                continue
-            if isinstance(task, SourceTask):
-                out = task.process(self.defs, [(r.value or b"", is_tick(r)) for r in fresh])
-            else:
-                out = task.process(self.defs, [r.value or b"" for r in fresh])
-            await self._emit(out, fresh)
-            self.position[tp] = fresh[-1].offset + 1
-            self.last_record[tp] = time.monotonic()
-            self.dirty.add(tp)
-        if time.monotonic() - self.saved_at >= self.settings.rules.commit_seconds:
-            await self.save(set(self.dirty))
+        """Fold every partition's records, then emit: the alerts of all partitions first (a
+        window close makes every partition emit a burst of values), then what the roll-up
+        stage waits for, then the rest."""
+        self.in_batch = True
+        try:
+            done: list[tuple[TopicPartition, Output, list[Any]]] = []
+            for tp, records in batch.items():
+                task = self.tasks.get(tp)
+                if task is None:
+                    continue  # revoked while the batch was in flight
+                fresh = [r for r in records if r.offset >= self.position[tp]]
+                if not fresh:
+                    continue
+                if isinstance(task, SourceTask):
+                    out = task.process(self.defs, [(r.value or b"", is_tick(r)) for r in fresh])
+                else:
+                    out = task.process(self.defs, [r.value or b"" for r in fresh])
+                done.append((tp, out, fresh))
+            await self._emit(done)
+            for tp, _, fresh in done:
+                self.position[tp] = fresh[-1].offset + 1
+                self.last_record[tp] = time.monotonic()
+                self.dirty.add(tp)
+            if time.monotonic() - self.saved_at >= self.settings.rules.commit_seconds:
+                await self.save(set(self.dirty))
+        finally:
+            self.in_batch = False
 
-    async def _emit(self, out: Output, records: list[Any]) -> None:
+    async def _emit(self, done: list[tuple[TopicPartition, Output, list[Any]]]) -> None:
         topics = self.topics
         pending = self.pending
         prompt = self.prompt
-        if out.transitions:
-            pending += await prompt.send(
-                topics.alerts, [(t.key, encode(t)) for t in out.transitions]
-            )
-            # Out now: the loop is busy with this batch's other outputs and records until it
-            # ends, and the producer's sender would wait for it.
+        transitions = [t for _, out, _ in done for t in out.transitions]
+        if transitions:
+            pending += await prompt.send(topics.alerts, [(t.key, encode(t)) for t in transitions])
+            # Out now: the loop is busy with this batch's other outputs until it ends, and the
+            # producer's sender would wait for it.
             await prompt.producer.flush()
+        for _, out, records in done:
+            await self._emit_rest(out, records)
+
+    async def _emit_rest(self, out: Output, records: list[Any]) -> None:
+        topics = self.topics
+        pending = self.pending
+        prompt = self.prompt
         # Partials before the marks that follow them on every roll-up partition: the roll-up
         # stage closes a window on the marks, so they too go ahead of the values.
         pending += await prompt.send(topics.rollup, [(p.key, encode(p)) for p in out.partials])
@@ -227,6 +244,8 @@ class RulesHandler:
     async def save_when_due(self) -> None:
         """Save what is unsaved once ``commit_seconds`` have passed, even when no new batch
         comes (the last batch of a burst must not wait for the next burst)."""
+        if self.in_batch:
+            return  # tasks folded records whose positions are not yet advanced: not now
         if self.dirty and time.monotonic() - self.saved_at >= self.settings.rules.commit_seconds:
             with contextlib.suppress(Fenced):  # the consumer loop re-reads on its next batch
                 await self.save(set(self.dirty))
