@@ -20,9 +20,9 @@ so a task restored from a snapshot and fed the records after it emits what it em
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -41,6 +41,7 @@ from schemas.tickets import HotlineTicket
 NEVER = np.iinfo(np.int64).min
 ZERO_WHEN_EMPTY = (Aggregation.COUNT, Aggregation.SUM)  # a window with nothing in it is 0
 CITY = "city"
+W = TypeVar("W")
 
 
 class Definitions:
@@ -179,7 +180,7 @@ class Scopes:
         if zero and state.last_end_ms is not None and state.last_end_ms < start:
             self.close(defs, code, scope_id, state.last_end_ms, 0.0, 0, out)  # the gap counts 0
         observe(judge, scope_id, state, start, value, out.transitions)
-        out.values.append(indicator_value(judge.indicator, scope_id, start, value, samples))
+        out.values.append(indicator_value(judge, scope_id, start, value, samples))
         self._wake(self._due(judge, state))
 
     @staticmethod
@@ -272,7 +273,8 @@ class SourceTask:
     source: Source
     max_ts: int | None = None  # highest event time seen, ticks included
     marked: int | None = None  # the highest max_ts sent as a mark
-    windows: dict[str, dict[tuple[str, int], Acc]] = field(default_factory=dict)
+    # indicator -> window start -> scope -> the open window
+    windows: dict[str, dict[int, dict[str, Acc]]] = field(default_factory=dict)
     districts: dict[str, dict[str, str | None]] = field(default_factory=dict)
     scopes: dict[str, Scopes] = field(default_factory=dict)  # device-scope indicators
     late: dict[str, int] = field(default_factory=dict)
@@ -394,7 +396,7 @@ class SourceTask:
         p = core.partials(scope, ts, value, window_ms)
         windows = self.windows.setdefault(code, {})
         for i in range(len(p)):
-            key = (names[int(p.scope[i])], int(p.start[i]))
+            scope_id, start = names[int(p.scope[i])], int(p.start[i])
             acc = Acc(
                 int(p.count[i]),
                 int(p.total[i]),
@@ -405,9 +407,12 @@ class SourceTask:
                 int(p.last_ts[i]),
                 float(p.last[i]),
             )
-            found = windows.get(key)
+            group = windows.get(start)
+            if group is None:
+                group = windows[start] = {}
+            found = group.get(scope_id)
             if found is None:
-                windows[key] = acc
+                group[scope_id] = acc
             else:
                 found.merge(acc)
 
@@ -416,26 +421,21 @@ class SourceTask:
         code = indicator.code
         window_ms = indicator.window_seconds * 1000
         watermark = self.max_ts - indicator.allowed_lateness_seconds * 1000
-        windows = self.windows.get(code)
-        closing = sorted(
-            (k for k in windows or () if k[1] + window_ms <= watermark), key=lambda k: (k[1], k[0])
-        )
+        closing = _closing(self.windows.get(code, {}), watermark - window_ms)
         districts = self.districts.get(code, {})
         if indicator.scope_level is ScopeLevel.DEVICE:
             scopes = self.scopes.get(code)
             if scopes is None:
                 scopes = self.scopes[code] = Scopes()
             scopes.districts = districts
-            for key in closing:
-                acc = windows.pop(key)  # type: ignore[union-attr]
+            for scope_id, start, acc in closing:
                 value = acc.value(indicator.aggregation)
-                scopes.close(defs, code, key[0], key[1], value, acc.count, out)
+                scopes.close(defs, code, scope_id, start, value, acc.count, out)
             scopes.advance(defs, code, watermark, out)
             return
-        for key in closing:
-            acc = windows.pop(key)  # type: ignore[union-attr]
+        for scope_id, start, acc in closing:
             out.partials.append(
-                acc.partial(indicator, key[0], districts.get(key[0]), key[1], self.name)
+                acc.partial(indicator, scope_id, districts.get(scope_id), start, self.name)
             )
 
 
@@ -446,7 +446,8 @@ class RollupTask:
     topics: dict[Source, str]  # the source topic of each kind of indicator
     marks: dict[str, int] = field(default_factory=dict)  # 'topic:partition' -> max event time
     partitions: dict[str, int] = field(default_factory=dict)  # topic -> partitions
-    windows: dict[str, dict[tuple[str, int], dict[str, Acc]]] = field(default_factory=dict)
+    # indicator -> window start -> scope -> source partition -> its partial
+    windows: dict[str, dict[int, dict[str, dict[str, Acc]]]] = field(default_factory=dict)
     districts: dict[str, dict[str, str | None]] = field(default_factory=dict)
     scopes: dict[str, Scopes] = field(default_factory=dict)
     duplicates: int = 0
@@ -487,8 +488,8 @@ class RollupTask:
                 self.duplicates += 1  # re-sent after its window closed here
                 continue
             windows = self.windows.setdefault(indicator.code, {})
-            sources = windows.setdefault((record.scope_id, record.window_start_ms), {})
-            sources[record.source] = Acc.of(record)
+            scopes = windows.setdefault(record.window_start_ms, {})
+            scopes.setdefault(record.scope_id, {})[record.source] = Acc.of(record)
             self.districts.setdefault(indicator.code, {})[record.scope_id] = record.district
         for indicator in defs.catalogue.by_code.values():
             if indicator.scope_level is not ScopeLevel.DEVICE:
@@ -501,16 +502,12 @@ class RollupTask:
             return
         code = indicator.code
         window_ms = indicator.window_seconds * 1000
-        windows = self.windows.get(code, {})
-        closing = sorted(
-            (k for k in windows if k[1] + window_ms <= watermark), key=lambda k: (k[1], k[0])
-        )
+        closing = _closing(self.windows.get(code, {}), watermark - window_ms)
         scopes = self.scopes.get(code)
         if scopes is None:
             scopes = self.scopes[code] = Scopes()
         scopes.districts = self.districts.setdefault(code, {})
-        for key in closing:
-            parts = windows.pop(key)
+        for scope_id, start, parts in closing:
             merged: Acc | None = None
             for source in sorted(parts):
                 acc = parts[source]
@@ -528,10 +525,17 @@ class RollupTask:
                 else:
                     merged.merge(acc)
             assert merged is not None
-            scopes.close(
-                defs, code, key[0], key[1], merged.value(indicator.aggregation), merged.count, out
-            )
+            value = merged.value(indicator.aggregation)
+            scopes.close(defs, code, scope_id, start, value, merged.count, out)
         scopes.advance(defs, code, watermark, out)
+
+
+def _closing(windows: dict[int, dict[str, W]], last_start: int) -> Iterator[tuple[str, int, W]]:
+    """Take out the windows that start at or before ``last_start``, by start, then scope."""
+    for start in sorted(s for s in windows if s <= last_start):
+        group = windows.pop(start)
+        for scope_id in sorted(group):
+            yield scope_id, start, group[scope_id]
 
 
 def replay(

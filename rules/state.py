@@ -14,7 +14,7 @@ from psycopg import AsyncConnection
 
 # Bump when a task class changes shape; snapshots of another format are not loaded (the task
 # is rebuilt by replaying its partition from the start).
-FORMAT = 1
+FORMAT = 2  # 2: open windows grouped by start
 
 
 class Conflict(Exception):

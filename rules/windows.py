@@ -24,11 +24,13 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass, field, replace
+from datetime import datetime
+from functools import lru_cache
 
 from rules.alerts import OpenAlert, alert_id_for, at_ms, transition
 from rules.indicators import Direction, Indicator
 from schemas.alerts import AlertTransition, Condition, Level, TransitionKind
-from schemas.indicator_values import IndicatorValue, value_id_for
+from schemas.indicator_values import IndicatorValue, value_id_hex
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,8 @@ class Judge:
     for_ms: int
     clear_for_ms: int
     stale_ms: int | None  # no data for this long after the last window's end: no-data alert
+    below: bool  # thresholds apply downwards
+    bounds: tuple[float, ...]  # ascending keys for ``rank``: the thresholds, negated when below
 
     @classmethod
     def of(cls, indicator: Indicator, stale_factor: float | None = 3.0) -> Judge:
@@ -61,15 +65,17 @@ class Judge:
             for_ms=indicator.for_seconds * 1000,
             clear_for_ms=indicator.clear_for_seconds * 1000,
             stale_ms=stale,
+            below=indicator.direction is Direction.BELOW,
+            bounds=tuple(-t if indicator.direction is Direction.BELOW else t for _, t in pairs),
         )
 
     def rank(self, value: float) -> int:
         """0 when normal, else 1.. the highest defined level the value reaches."""
         if value != value:  # NaN never breaches
             return 0
-        if self.indicator.direction is Direction.BELOW:
-            return bisect_right([-t for t in self.thresholds], -value)
-        return bisect_right(self.thresholds, self.indicator.severity(value))
+        if self.below:
+            return bisect_right(self.bounds, -value)
+        return bisect_right(self.bounds, self.indicator.severity(value))
 
 
 @dataclass(slots=True)
@@ -89,22 +95,30 @@ class ScopeState:
         return self.open is None and self.rank == 0 and self.clear_due is None
 
 
+@lru_cache(maxsize=4096)
+def _window(start_ms: int, window_ms: int) -> tuple[datetime, datetime, str]:
+    """A window's start, end and start in ISO 8601: shared by every scope closing it."""
+    start = at_ms(start_ms)
+    return start, at_ms(start_ms + window_ms), start.isoformat()
+
+
 def indicator_value(
-    indicator: Indicator, scope_id: str, start_ms: int, value: float, samples: int
+    judge: Judge, scope_id: str, start_ms: int, value: float, samples: int
 ) -> IndicatorValue:
     """The record of one closed window (topic indicator-values.v1)."""
-    start = at_ms(start_ms)
-    level, _ = indicator.level_for(value)
+    indicator = judge.indicator
+    start, end, start_iso = _window(start_ms, judge.window_ms)
+    rank = judge.rank(value)
     return IndicatorValue(
-        value_id=value_id_for(indicator.code, indicator.scope_level, scope_id, start),
+        value_id=value_id_hex(indicator.code, indicator.scope_level, scope_id, start_iso),
         indicator=indicator.code,
         scope_level=indicator.scope_level,
         scope_id=scope_id,
         window_start=start,
-        window_end=at_ms(start_ms + indicator.window_seconds * 1000),
+        window_end=end,
         value=value,
         samples=samples,
-        level=level,
+        level=judge.levels[rank - 1] if rank else None,
     )
 
 

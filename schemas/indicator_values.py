@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import datetime
 
@@ -11,16 +12,25 @@ from pydantic import Field
 from schemas.alerts import Level, ScopeLevel
 from schemas.base import Code, Contract, Number, UtcDatetime
 
-_VALUE_NS = uuid.UUID("9b0f3c52-6d7e-4e8a-a1c4-3e5d2f7b8a90")
+_VALUE_NS = uuid.UUID("9b0f3c52-6d7e-4e8a-a1c4-3e5d2f7b8a90").bytes
+_VERSION_MASK = ~((0xF000 << 64) | (0xC000 << 48))
+_VERSION_5 = (0x5000 << 64) | (0x8000 << 48)  # version 5, RFC 4122 variant
 
 
 def value_id_for(
     indicator: str, scope_level: ScopeLevel, scope_id: str, window_start: datetime
 ) -> uuid.UUID:
     """Deterministic id: one value per indicator, scope and window, however often replayed."""
-    return uuid.uuid5(
-        _VALUE_NS, f"{indicator}|{scope_level.value}|{scope_id}|{window_start.isoformat()}"
-    )
+    return uuid.UUID(value_id_hex(indicator, scope_level, scope_id, window_start.isoformat()))
+
+
+def value_id_hex(indicator: str, scope_level: ScopeLevel, scope_id: str, start_iso: str) -> str:
+    """``value_id_for`` as 32 hex digits: ``uuid.uuid5`` without building the UUID object,
+    which the model's validator builds for a third of the cost (the engine makes one per
+    closed window)."""
+    name = f"{indicator}|{scope_level.value}|{scope_id}|{start_iso}".encode()
+    digest = hashlib.sha1(_VALUE_NS + name).digest()
+    return f"{int.from_bytes(digest[:16]) & _VERSION_MASK | _VERSION_5:032x}"
 
 
 class IndicatorValue(Contract):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+
+import pytest
+
 from rules.indicators import Indicator
 from rules.windows import Judge, ScopeState, advance, indicator_value, observe
-from schemas.alerts import AlertTransition, Condition, Level, TransitionKind
+from schemas.alerts import AlertTransition, Condition, Level, ScopeLevel, TransitionKind
+from schemas.indicator_values import value_id_for
 
 MINUTE = 60_000
 
@@ -145,10 +150,47 @@ def test_replay_gives_identical_ids() -> None:
 
 
 def test_indicator_value_record_of_a_window() -> None:
-    record = indicator_value(depth(), "dev-1", 2 * MINUTE, 31.0, 4)
+    record = indicator_value(Judge.of(depth()), "dev-1", 2 * MINUTE, 31.0, 4)
     assert record.level is Level.ORANGE
     assert (record.window_end - record.window_start).total_seconds() == 60
-    assert record == indicator_value(depth(), "dev-1", 2 * MINUTE, 31.0, 4)
+    assert record == indicator_value(Judge.of(depth()), "dev-1", 2 * MINUTE, 31.0, 4)
+    # The id is uuid5 of indicator, scope and window start, as it has always been: a replay
+    # by a newer engine upserts the values an older one stored.
+    name = f"water.depth|device|dev-1|{record.window_start.isoformat()}"
+    assert record.value_id == uuid.uuid5(uuid.UUID("9b0f3c52-6d7e-4e8a-a1c4-3e5d2f7b8a90"), name)
+    assert record.value_id == value_id_for(
+        "water.depth", ScopeLevel.DEVICE, "dev-1", record.window_start
+    )
+
+
+@pytest.mark.parametrize(
+    "indicator",
+    [
+        depth(),
+        Indicator.model_validate(
+            {
+                **depth().model_dump(),
+                "direction": "below",
+                "thresholds": {"blue": 30, "yellow": 20, "red": 5},
+            }
+        ),
+        Indicator.model_validate(
+            {
+                **depth().model_dump(),
+                "direction": "outside",
+                "band": {"low": 198, "high": 231},
+                "thresholds": {"blue": 11, "yellow": 22, "red": 44},
+            }
+        ),
+    ],
+    ids=["above", "below", "outside"],
+)
+def test_indicator_value_level_is_the_indicators_level(indicator: Indicator) -> None:
+    judge = Judge.of(indicator)
+    assert judge.rank(float("nan")) == 0
+    for value in [*range(-5, 300), 0.5, 19.999, 20.0, 20.001, 1e300]:
+        record = indicator_value(judge, "dev-1", 0, float(value), 1)
+        assert record.level == indicator.level_for(float(value))[0], value
 
 
 def test_preview_equals_stepping_every_window() -> None:
