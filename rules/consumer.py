@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -141,16 +141,24 @@ class RulesHandler:
         stage waits for, then the rest."""
         self.in_batch = True
         try:
-            done: list[tuple[TopicPartition, Output, list[Any]]] = []
+            done: list[tuple[TopicPartition, Output, Sequence[Any]]] = []
             for tp, records in batch.items():
                 task = self.tasks.get(tp)
                 if task is None:
                     continue  # revoked while the batch was in flight
-                fresh = [r for r in records if r.offset >= self.position[tp]]
+                position = self.position[tp]
+                fresh = (
+                    records
+                    if records and records[0].offset >= position  # the usual case: all of it
+                    else [r for r in records if r.offset >= position]
+                )
                 if not fresh:
                     continue
                 if isinstance(task, SourceTask):
-                    out = task.process(self.defs, [(r.value or b"", is_tick(r)) for r in fresh])
+                    out = task.process(
+                        self.defs,
+                        [(r.value or b"", bool(r.headers) and is_tick(r)) for r in fresh],
+                    )
                 else:
                     out = task.process(self.defs, [r.value or b"" for r in fresh])
                 done.append((tp, out, fresh))
@@ -164,7 +172,7 @@ class RulesHandler:
         finally:
             self.in_batch = False
 
-    async def _emit(self, done: list[tuple[TopicPartition, Output, list[Any]]]) -> None:
+    async def _emit(self, done: list[tuple[TopicPartition, Output, Sequence[Any]]]) -> None:
         topics = self.topics
         pending = self.pending
         prompt = self.prompt
@@ -177,7 +185,7 @@ class RulesHandler:
         for _, out, records in done:
             await self._emit_rest(out, records)
 
-    async def _emit_rest(self, out: Output, records: list[Any]) -> None:
+    async def _emit_rest(self, out: Output, records: Sequence[Any]) -> None:
         topics = self.topics
         pending = self.pending
         prompt = self.prompt

@@ -231,7 +231,7 @@ def _reshape(defs: Definitions, shapes: dict[str, tuple[int, str]], windows: dic
         shapes[code] = shape
 
 
-def scope_of(level: ScopeLevel, device: str | None, location: dict[str, str | None]) -> str | None:
+def scope_of(level: ScopeLevel, device: str | None, location: Mapping[str, Any]) -> str | None:
     match level:
         case ScopeLevel.DEVICE:
             return device
@@ -241,6 +241,9 @@ def scope_of(level: ScopeLevel, device: str | None, location: dict[str, str | No
             return location.get(level.value)
 
 
+_NOWHERE: Mapping[str, Any] = {}
+
+
 @dataclass(slots=True)
 class _Observation:
     pos: int
@@ -248,7 +251,7 @@ class _Observation:
     selector: str  # metric of a reading, category of a ticket
     value: float
     device: str | None
-    location: dict[str, str | None]
+    location: Mapping[str, Any]  # grid, street, district (a reading's may hold lon, lat too)
 
 
 def decode_tick(raw: bytes) -> int:
@@ -334,12 +337,7 @@ class SourceTask:
                 if self.source is Source.SENSOR:
                     r = READING_RECORD.validate_json(raw)
                     ts = int(r["ts"].timestamp() * 1000)
-                    loc = r.get("location") or {}
-                    where = {
-                        "grid": loc.get("grid"),
-                        "street": loc.get("street"),
-                        "district": loc.get("district"),
-                    }
+                    where = r.get("location") or _NOWHERE  # read by .get of a scope level
                     found.append(
                         _Observation(pos, ts, r["metric"], float(r["value"]), r["device_id"], where)
                     )

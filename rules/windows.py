@@ -138,6 +138,13 @@ def observe(
 ) -> None:
     """Apply one closed window (windows of a scope in event-time order); append transitions."""
     end = start_ms + judge.window_ms
+    rank = judge.rank(value)
+    if rank == 0 and state.no_data is None and state.idle():
+        # Most windows of a city are normal: nothing open, nothing pending, nothing to start.
+        last = state.last_end_ms
+        if judge.stale_ms is None or last is None or last + judge.stale_ms >= end:
+            state.last_end_ms, state.value = end, value
+            return
     advance(judge, scope_id, state, end - 1, out)
     indicator = judge.indicator
     if state.no_data is not None:
@@ -158,7 +165,6 @@ def observe(
         )
         state.no_data = None
     state.last_end_ms = end
-    rank = judge.rank(value)
     state.value, state.rank = value, rank
     if len(state.due) != len(judge.levels):
         state.due = [None] * len(judge.levels)

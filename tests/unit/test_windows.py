@@ -141,6 +141,24 @@ def test_a_quiet_feed_raises_a_no_data_alert_and_data_resolves_it() -> None:
     assert back[0].alert_id == out[1].alert_id != out[0].alert_id
 
 
+def test_a_normal_window_after_a_silence_still_finds_the_feed_went_quiet() -> None:
+    # Normal windows of an idle scope take a short cut; it must not skip staleness. Stale
+    # after 60 s window + 3 x 60 s: a window ending at minute 5 (quiet since 1) is in time;
+    # one ending at minute 11 (quiet since 5) comes after the feed was declared quiet at 9.
+    indicator = depth(expected_every_seconds=60)
+    state, out = run(indicator, [2, None, None, None, 3])
+    assert out == []
+    state, out = run(indicator, [2, None, None, None, 3, *[None] * 5, 4])
+    assert [(t.kind, t.condition) for t in out] == [
+        (TransitionKind.FIRING, Condition.NO_DATA),
+        (TransitionKind.RESOLVED, Condition.NO_DATA),
+    ]
+    assert minutes(out) == [9, 11]
+    assert state.idle()
+    assert state.no_data is None
+    assert state.last_end_ms == 11 * MINUTE
+
+
 def test_replay_gives_identical_ids() -> None:
     values: list[float | None] = [12, 55, 3, 40, 1]
     _, first = run(depth(), values)
