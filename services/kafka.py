@@ -15,7 +15,13 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 from aiokafka.partitioner import DefaultPartitioner
 
 from schemas.base import utcnow
@@ -276,6 +282,10 @@ async def run_consumer(
     await consumer.start()
     log.info("consuming %s as group %s", list(topics), group_id)
     backoff = Backoff()
+    # Offsets go to the broker for lag monitoring and for where a new member starts; the
+    # handler keeps its own. The commit runs beside the next batch rather than before it: a
+    # round trip per batch was time the loop sat idle.
+    committing: asyncio.Task[None] | None = None
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=poll_ms, max_records=kafka.max_batch_records)
@@ -295,11 +305,22 @@ async def run_consumer(
                 log.info("resumed consumption after %d retries", backoff.attempt)
                 backoff.reset()
             offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
-            try:
-                await consumer.commit(offsets)
-            except CommitFailedError as exc:
-                # The group rebalanced under us; the next owner resumes from the last commit
-                # and the handler's idempotence absorbs the redelivery.
-                log.warning("offset commit refused after rebalance: %s", exc)
+            if committing is not None:
+                await committing  # one commit in flight at a time, in order
+            committing = asyncio.create_task(_commit(consumer, offsets))
+        if committing is not None:
+            await committing
     finally:
+        if committing is not None and not committing.done():
+            committing.cancel()
         await consumer.stop()
+
+
+async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+    try:
+        await consumer.commit(offsets)
+    except (CommitFailedError, IllegalStateError) as exc:
+        # The group rebalanced under us (the partitions may not even be ours any more); the
+        # next owner resumes from the last commit and the handler's idempotence absorbs the
+        # redelivery.
+        log.warning("offset commit refused after rebalance: %s", exc)
