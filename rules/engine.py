@@ -142,16 +142,25 @@ class Acc:
         return cls(p.count, p.total, p.low, p.high, p.first_ts, p.first, p.last_ts, p.last)
 
 
+Closed = tuple[Judge, str, int, float, int]  # judge, scope, window start ms, value, samples
+
+
 @dataclass(slots=True)
 class Output:
     """What a batch makes a task emit."""
 
     transitions: list[AlertTransition] = field(default_factory=list)
-    values: list[IndicatorValue] = field(default_factory=list)
+    closed: list[Closed] = field(default_factory=list)  # device-scope windows closed
     partials: list[WindowPartial] = field(default_factory=list)
     marks: list[SourceMark] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (record index, reason)
     late: int = 0
+
+    @property
+    def values(self) -> list[IndicatorValue]:
+        """The record of each closed window. Built when asked for: a window close makes
+        thousands, and the consumer sends the batch's alerts before it spends that time."""
+        return [indicator_value(*closed) for closed in self.closed]
 
 
 @dataclass(slots=True)
@@ -180,7 +189,7 @@ class Scopes:
         if zero and state.last_end_ms is not None and state.last_end_ms < start:
             self.close(defs, code, scope_id, state.last_end_ms, 0.0, 0, out)  # the gap counts 0
         observe(judge, scope_id, state, start, value, out.transitions)
-        out.values.append(indicator_value(judge, scope_id, start, value, samples))
+        out.closed.append((judge, scope_id, start, value, samples))
         self._wake(self._due(judge, state))
 
     @staticmethod
@@ -552,11 +561,11 @@ def replay(
         task = SourceTask(topic, partition, partitions[topic], source)
         out = task.process(defs, records)
         total.transitions += out.transitions
-        total.values += out.values
+        total.closed += out.closed
         total.late += out.late
         feed += [p.model_dump_json().encode() for p in out.partials]
         feed += [m.model_dump_json().encode() for m in out.marks]
     out = rollup.process(defs, feed)
     total.transitions += out.transitions
-    total.values += out.values
+    total.closed += out.closed
     return total
