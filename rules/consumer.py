@@ -41,6 +41,7 @@ from services.kafka import (
 log = logging.getLogger(__name__)
 
 SOURCE = "rules"
+SLOW_BATCH_SECONDS = 0.1  # a batch taking longer is logged, with where the time went
 Task = SourceTask | RollupTask
 
 
@@ -140,6 +141,11 @@ class RulesHandler:
         window close makes every partition emit a burst of values), then what the roll-up
         stage waits for, then the rest."""
         self.in_batch = True
+        began = time.perf_counter()
+        # How long the oldest record waited between its producer and this handler.
+        waited = time.time() - min(
+            (records[0].timestamp / 1000 for records in batch.values() if records), default=0
+        )
         try:
             done: list[tuple[TopicPartition, Output, Sequence[Any]]] = []
             for tp, records in batch.items():
@@ -162,7 +168,24 @@ class RulesHandler:
                 else:
                     out = task.process(self.defs, [r.value or b"" for r in fresh])
                 done.append((tp, out, fresh))
-            await self._emit(done)
+            folded = time.perf_counter()
+            await self._emit_alerts(done)
+            alerted = time.perf_counter()
+            for _, out, fresh in done:
+                await self._emit_rest(out, fresh)
+            took = time.perf_counter() - began
+            if took >= SLOW_BATCH_SECONDS:
+                log.info(
+                    "slow batch: %d ms for %d records after its oldest waited %d ms (folding "
+                    "%d ms, alerts out %d ms after; %d transitions, %d values)",
+                    took * 1000,
+                    sum(len(fresh) for _, _, fresh in done),
+                    waited * 1000,
+                    (folded - began) * 1000,
+                    (alerted - folded) * 1000,
+                    sum(len(out.transitions) for _, out, _ in done),
+                    sum(len(out.closed) for _, out, _ in done),
+                )
             for tp, _, fresh in done:
                 self.position[tp] = fresh[-1].offset + 1
                 self.last_record[tp] = time.monotonic()
@@ -172,7 +195,7 @@ class RulesHandler:
         finally:
             self.in_batch = False
 
-    async def _emit(self, done: list[tuple[TopicPartition, Output, Sequence[Any]]]) -> None:
+    async def _emit_alerts(self, done: list[tuple[TopicPartition, Output, Sequence[Any]]]) -> None:
         topics = self.topics
         pending = self.pending
         prompt = self.prompt
@@ -182,8 +205,6 @@ class RulesHandler:
             # Out now: the loop is busy with this batch's other outputs until it ends, and the
             # producer's sender would wait for it.
             await prompt.producer.flush()
-        for _, out, records in done:
-            await self._emit_rest(out, records)
 
     async def _emit_rest(self, out: Output, records: Sequence[Any]) -> None:
         topics = self.topics
@@ -299,6 +320,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             topics=[topics.readings, topics.tickets, topics.rollup],
             handler=handler,
             stop=stop,
+            # An alert is due as soon as the record closing its window is in: when caught up,
+            # ask again after 10 ms (the broker may hold a fetch that long without waking).
+            fetch_max_wait_ms=10,
         )
         await handler.save(set(handler.tasks))
     finally:
