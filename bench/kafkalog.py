@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import numpy as np
 import orjson
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from rules.engine import Definitions, encode_tick, replay
+from rules.engine import Definitions, decode_tick, encode_tick, replay
 from rules.indicators import Catalogue, Source
 from schemas.alerts import AlertTransition
 from schemas.indicator_values import IndicatorValue
@@ -54,6 +55,28 @@ async def produced_at(kafka: KafkaSettings, topic: str) -> dict[str, float]:
         for r in records:
             body = orjson.loads(r.value or b"{}")
             out[str(body.get("transition_id") or body.get("value_id"))] = r.timestamp / 1000
+    return out
+
+
+async def arrivals(kafka: KafkaSettings, topic: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per partition of a source topic: the highest event time so far (epoch ms) after each
+    record, ticks included (the engine's view of time there), and the record's timestamp
+    (when it was produced, epoch s). ``searchsorted`` on the first finds the record that moved the
+    partition's time past a moment."""
+    out = {}
+    for p, records in (await read_records(kafka, topic)).items():
+        seen = np.empty(len(records), dtype=np.int64)
+        top = np.iinfo(np.int64).min
+        for i, r in enumerate(records):
+            raw = r.value or b"{}"
+            if is_tick(r):
+                ts = decode_tick(raw)
+            else:
+                body = orjson.loads(raw)
+                ts = int(datetime.fromisoformat(body["ts"]).timestamp() * 1000)
+            top = max(top, ts)
+            seen[i] = top
+        out[p] = (seen, np.array([r.timestamp / 1000 for r in records], dtype=np.float64))
     return out
 
 
