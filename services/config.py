@@ -159,6 +159,14 @@ class WriterSettings(_Section):
     # Rollup refresh and retention run inside the writer (one replica at a time) on plain
     # PostgreSQL; TimescaleDB's own job scheduler runs its policies.
     maintenance_interval_seconds: float = Field(default=30.0, gt=0)
+    bulk_niceness: int = Field(
+        default=5,
+        ge=0,
+        le=19,
+        description="How much nicer (lower CPU priority) the readings and events roles run "
+        "than the alerts role: on a busy machine an alert's few rows go first, and the bulk "
+        "catches up when it is idle.",
+    )
 
 
 class StorageSettings(_Section):

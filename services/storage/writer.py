@@ -655,6 +655,8 @@ async def run(settings: Settings, stop: asyncio.Event, role: str | None = None) 
         await _supervise(stop)
         return
     group_id, subscribed = role_consumer(settings, role)
+    if role != "alerts" and settings.writer.bulk_niceness:
+        os.nice(settings.writer.bulk_niceness)
     await wait_for_broker(settings.kafka)
     producer = make_producer(settings.kafka)
     await producer.start()
