@@ -178,7 +178,9 @@ class StorageSettings(_Section):
     rollup_1m_retention_days: int | None = Field(default=400, ge=1)
     # TimescaleDB only: chunks older than this are compressed (columnstore).
     compress_after_days: int | None = Field(default=7, ge=1)
-    # Rollups are recomputed this far back on each refresh, so data this late still counts.
+    # TimescaleDB only: continuous aggregates are refreshed this far back, so data this late
+    # still counts. On plain PostgreSQL the writer marks the buckets late data changes, and
+    # the refresh redoes just those, however late.
     rollup_lateness_minutes: int = Field(default=60, ge=1)
 
 

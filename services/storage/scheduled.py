@@ -2,13 +2,16 @@
 
 On plain PostgreSQL the writer runs ``maintain`` every few seconds under an advisory lock (so
 one replica at a time does it). It does what TimescaleDB's continuous-aggregate and retention
-policies do on the other layout: recompute the recent rollup buckets (late data inside
-``rollup_lateness_minutes`` is taken in) and delete rows past their retention.
+policies do on the other layout: compute the rollup buckets completed since the last round,
+recompute the older ones whose readings changed since (the writer marks them in
+``rollup_dirty``: late data of any age is taken in), and delete rows past their retention.
+A round costs what changed, not the last hour of readings.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
@@ -35,10 +38,18 @@ class Rollup:
     name: str
     width: timedelta
     source: str  # raw readings, or the finer rollup it is built from
+    feeds: Rollup | None = None  # the coarser rollup built from this one
 
 
-MINUTE = Rollup("readings_1m", timedelta(minutes=1), "readings")
 HOUR = Rollup("readings_1h", timedelta(hours=1), "readings_1m")
+MINUTE = Rollup("readings_1m", timedelta(minutes=1), "readings", feeds=HOUR)
+
+# The writer's mark on the minute buckets of the readings it stores (plain layout only).
+MARK_CHANGED = f"""
+INSERT INTO rollup_dirty (rollup, bucket)
+SELECT '{MINUTE.name}', unnest(%s::timestamptz[])
+ON CONFLICT DO NOTHING
+"""
 
 _FROM_READINGS = """
 INSERT INTO {target} (bucket, device_id, metric, grid, street, district, samples, total,
@@ -69,28 +80,39 @@ def floor_to(moment: datetime, width: timedelta) -> datetime:
     return moment - (moment - epoch) % width
 
 
-def refresh_window(
+def refresh_ranges(
     *,
     refreshed_to: datetime | None,
     earliest: datetime | None,
     now: datetime,
     width: timedelta,
-    lateness: timedelta,
-) -> tuple[datetime, datetime] | None:
-    """Buckets to recompute: from the watermark less the lateness (or the first data) up to
-    the last complete bucket; None when there is nothing new."""
+    changed: Iterable[datetime],
+) -> tuple[list[tuple[datetime, datetime]], datetime | None]:
+    """Bucket ranges [start, end) to recompute, and the new watermark (None: it stays).
+
+    Every bucket from the watermark (or the first data) up to the last complete one; before
+    the watermark, each bucket whose data changed since it was computed (``changed``), runs of
+    them merged."""
     end = floor_to(now, width)
-    if refreshed_to is None:
-        if earliest is None:
-            return None
-        start = floor_to(earliest, width)
+    if refreshed_to is not None:
+        start: datetime | None = refreshed_to
     else:
-        start = floor_to(refreshed_to - lateness, width)
-    return (start, end) if start < end else None
+        start = None if earliest is None else floor_to(earliest, width)
+    fresh = (start, end) if start is not None and start < end else None
+    before = end if fresh is None else fresh[0]
+    ranges: list[tuple[datetime, datetime]] = []
+    for bucket in sorted({floor_to(b, width) for b in changed if b < before}):
+        if ranges and ranges[-1][1] == bucket:
+            ranges[-1] = (ranges[-1][0], bucket + width)
+        else:
+            ranges.append((bucket, bucket + width))
+    if fresh is not None:
+        ranges.append(fresh)
+    return ranges, None if fresh is None else end
 
 
-async def refresh(conn: Conn, rollup: Rollup, *, now: datetime, lateness: timedelta) -> int:
-    """Recompute the rollup's recent buckets in one transaction; rows written."""
+async def refresh(conn: Conn, rollup: Rollup, *, now: datetime) -> int:
+    """Bring the rollup up to date in one transaction; rows written."""
     async with conn.transaction():
         cur = await conn.execute(
             "SELECT refreshed_to FROM rollup_watermarks WHERE rollup = %s FOR UPDATE",
@@ -117,38 +139,57 @@ async def refresh(conn: Conn, rollup: Rollup, *, now: datetime, lateness: timede
             if finer is None:
                 return 0
             now = min(now, cast(datetime, finer[0]))
-        window = refresh_window(
+        # Marks of complete buckets are taken (a writer committing one later leaves it for
+        # the next round); the recomputation below reads at least what they marked.
+        cur = await conn.execute(
+            "DELETE FROM rollup_dirty WHERE rollup = %s AND bucket < %s RETURNING bucket",
+            (rollup.name, floor_to(now, rollup.width)),
+        )
+        changed = [cast(datetime, b) for (b,) in await cur.fetchall()]
+        ranges, mark = refresh_ranges(
             refreshed_to=refreshed_to,
             earliest=earliest,
             now=now,
             width=rollup.width,
-            lateness=lateness,
-        )
-        if window is None:
-            return 0
-        start, end = window
-        params = {"start": start, "end": end, "width": rollup.width}
-        await conn.execute(
-            sql.SQL("DELETE FROM {} WHERE bucket >= %(start)s AND bucket < %(end)s").format(
-                sql.Identifier(rollup.name)
-            ),
-            params,
+            changed=changed,
         )
         template = _FROM_READINGS if rollup.source == "readings" else _FROM_ROLLUP
-        cur = await conn.execute(
-            sql.SQL(template).format(
-                target=sql.Identifier(rollup.name),
-                source=sql.Identifier(rollup.source),
-                epoch=sql.SQL(_EPOCH),
-            ),
-            params,
+        insert = sql.SQL(template).format(
+            target=sql.Identifier(rollup.name),
+            source=sql.Identifier(rollup.source),
+            epoch=sql.SQL(_EPOCH),
         )
-        written = cur.rowcount
-        await conn.execute(
-            "INSERT INTO rollup_watermarks (rollup, refreshed_to) VALUES (%s, %s) "
-            "ON CONFLICT (rollup) DO UPDATE SET refreshed_to = EXCLUDED.refreshed_to",
-            (rollup.name, end),
+        delete = sql.SQL("DELETE FROM {} WHERE bucket >= %(start)s AND bucket < %(end)s").format(
+            sql.Identifier(rollup.name)
         )
+        written = 0
+        for start, end in ranges:
+            params = {"start": start, "end": end, "width": rollup.width}
+            await conn.execute(delete, params)
+            cur = await conn.execute(insert, params)
+            written += cur.rowcount
+        late = ranges if mark is None else ranges[:-1]
+        if rollup.feeds is not None and late:
+            # Buckets recomputed before the watermark may lie in coarser buckets already
+            # computed: mark those for the coarser rollup's next round.
+            width = rollup.feeds.width
+            coarse: set[datetime] = set()
+            for start, end in late:
+                bucket = floor_to(start, width)
+                while bucket < end:
+                    coarse.add(bucket)
+                    bucket += width
+            await conn.execute(
+                "INSERT INTO rollup_dirty (rollup, bucket) SELECT %s, unnest(%s::timestamptz[]) "
+                "ON CONFLICT DO NOTHING",
+                (rollup.feeds.name, sorted(coarse)),
+            )
+        if mark is not None:
+            await conn.execute(
+                "INSERT INTO rollup_watermarks (rollup, refreshed_to) VALUES (%s, %s) "
+                "ON CONFLICT (rollup) DO UPDATE SET refreshed_to = EXCLUDED.refreshed_to",
+                (rollup.name, mark),
+            )
     return written
 
 
@@ -188,9 +229,8 @@ async def maintain(conn: Conn, storage: StorageSettings, *, now: datetime) -> bo
     if not got or not got[0]:
         return False
     try:
-        lateness = timedelta(minutes=storage.rollup_lateness_minutes)
-        minutes = await refresh(conn, MINUTE, now=now, lateness=lateness)
-        hours = await refresh(conn, HOUR, now=now, lateness=lateness + timedelta(hours=1))
+        minutes = await refresh(conn, MINUTE, now=now)
+        hours = await refresh(conn, HOUR, now=now)
         deleted = await apply_retention(conn, storage, now=now)
         if minutes or hours or deleted:
             log.info(

@@ -47,8 +47,8 @@ from services.kafka import (
     run_consumer,
     wait_for_broker,
 )
-from services.storage.layout import Layout
-from services.storage.scheduled import maintain, prepare
+from services.storage.layout import Layout, current
+from services.storage.scheduled import MARK_CHANGED, maintain, prepare
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +272,12 @@ def reading_row(record: ReadingRecord, ingested_at: datetime) -> tuple[object, .
     )  # fmt: skip
 
 
+def minutes_of(rows: list[tuple[object, ...]]) -> list[datetime]:
+    """The minute buckets (UTC) of reading rows in ``READING_COLUMNS`` order."""
+    minutes = {int(cast(datetime, row[0]).timestamp() // 60) for row in rows}
+    return [datetime.fromtimestamp(m * 60, UTC) for m in sorted(minutes)]
+
+
 def alert_params(t: AlertTransition) -> dict[str, object]:
     """Parameters for the transition insert and the alert upsert."""
     peak = t.level or t.previous_level
@@ -409,6 +415,7 @@ class WriterHandler:
         self.group = settings.writer.consumer_group
         self.conn = conn
         self.staged = False  # staging tables exist on this connection
+        self.marks_rollups = False  # plain layout: mark the rollup buckets readings change
         self.producer = producer
 
     async def connection(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
@@ -424,6 +431,7 @@ class WriterHandler:
                 log.info("connected to PostgreSQL")
             if not self.staged:
                 await self.conn.execute(STAGING)
+                self.marks_rollups = await current(self.conn) is Layout.PLAIN
                 self.staged = True
         except psycopg.OperationalError as exc:
             raise await self._lost(exc) from exc
@@ -581,6 +589,8 @@ class WriterHandler:
                     raise Fenced(f"{tp} was written past offset {records[0].offset}")
             if decoded.readings:
                 await copy_rows(cur, "readings", READING_COLUMNS, READING_TYPES, decoded.readings)
+                if self.marks_rollups:
+                    await cur.execute(MARK_CHANGED, (minutes_of(decoded.readings),))
             if decoded.letters:
                 await copy_rows(cur, "dead_letters", LETTER_COLUMNS, LETTER_TYPES, decoded.letters)
             if decoded.tickets:

@@ -15,8 +15,8 @@ import pytest
 from services.config import StorageSettings
 from services.local.postgres import LocalPostgres
 from services.local.processes import free_port
-from services.storage.scheduled import apply_retention, maintain
-from services.storage.writer import READING_COLUMNS
+from services.storage.scheduled import MARK_CHANGED, apply_retention, maintain
+from services.storage.writer import READING_COLUMNS, minutes_of
 from tests.integration.conftest import fresh_database, serving, stack_env
 
 pytestmark = pytest.mark.integration
@@ -113,14 +113,13 @@ def rows() -> list[tuple[object, ...]]:
 
 
 def load(url: str, data: list[tuple[object, ...]]) -> None:
+    """Store reading rows as the writer does: copied, their minute buckets marked changed."""
     columns = ", ".join(READING_COLUMNS)
-    with (
-        psycopg.connect(url) as conn,
-        conn.cursor() as cur,
-        cur.copy(f"COPY readings ({columns}) FROM STDIN") as copy,
-    ):
-        for row in data:
-            copy.write_row(row)
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        with cur.copy(f"COPY readings ({columns}) FROM STDIN") as copy:
+            for row in data:
+                copy.write_row(row)
+        cur.execute(MARK_CHANGED, (minutes_of(data),))
 
 
 def run_maintenance(url: str, now: datetime, storage: StorageSettings | None = None) -> None:
@@ -181,20 +180,28 @@ def test_minute_rollup_matches_raw_readings(db: str) -> None:
         assert hours[0] >= 2
 
 
-def test_late_data_within_the_lateness_is_taken_into_the_rollup(postgres: LocalPostgres) -> None:
+def test_late_data_of_any_age_is_taken_into_the_rollups(postgres: LocalPostgres) -> None:
     url = fresh_database(postgres)
-    t = NOW - timedelta(minutes=30)
+    t = NOW - timedelta(hours=2, minutes=30)
     load(url, [(t, uuid.uuid4(), "d", "aqi", 10.0, "AQI", None, None, "x", None, None, t)])
     run_maintenance(url, NOW)
+    # Two and a half hours late: in a bucket of each rollup computed long ago.
     late = t + timedelta(seconds=10)
     load(url, [(late, uuid.uuid4(), "d", "aqi", 30.0, "AQI", None, None, "x", None, None, NOW)])
     run_maintenance(url, NOW + timedelta(minutes=1))
     with psycopg.connect(url) as conn:
-        row = conn.execute(
+        minute = conn.execute(
             "SELECT samples, total, last_value FROM readings_1m WHERE bucket = %s",
             (t.replace(second=0),),
         ).fetchone()
-    assert row == (2, 40.0, 30.0)
+        hour = conn.execute(
+            "SELECT samples, total FROM readings_1h WHERE bucket = %s",
+            (t.replace(minute=0, second=0),),
+        ).fetchone()
+        marks = conn.execute("SELECT count(*) FROM rollup_dirty").fetchone()
+    assert minute == (2, 40.0, 30.0)
+    assert hour == (2, 40.0)
+    assert marks == (0,)  # every mark taken
 
 
 def test_retention_deletes_only_what_is_past_it(postgres: LocalPostgres) -> None:

@@ -253,3 +253,35 @@ def test_values_and_transitions_re_emitted_under_new_offsets_are_stored_once(
         assert conn.execute("SELECT status, peak_level, last_seq FROM alerts").fetchall() == [
             ("resolved", "red", 3)
         ]
+
+
+def test_stored_readings_mark_their_minute_buckets_for_the_rollups(
+    broker: LocalBroker, postgres: LocalPostgres
+) -> None:
+    url = fresh_database(postgres)
+    settings = Settings(
+        db=DatabaseSettings(url=SecretStr(url)),
+        kafka=Settings().kafka.model_copy(update={"bootstrap_servers": broker.bootstrap}),
+        writer=WriterSettings(consumer_group="marks-test"),
+    )
+
+    async def scenario() -> None:
+        producer = make_producer(settings.kafka)
+        await producer.start()
+        try:
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                writer = WriterHandler(settings, conn, producer)
+                # 00:00:00 to 00:02:09 on 2026-07-01: three minute buckets.
+                await writer.handle({TopicPartition(TOPIC, 0): records(0, 130)})
+        finally:
+            await producer.stop()
+
+    asyncio.run(scenario())
+    with psycopg.connect(url) as conn:
+        layout = conn.execute("SELECT layout FROM storage_layout").fetchone()
+        marks = conn.execute("SELECT rollup, bucket FROM rollup_dirty ORDER BY bucket").fetchall()
+    t0 = datetime(2026, 7, 1, tzinfo=UTC)
+    if layout == ("timescaledb",):
+        assert marks == []  # continuous aggregates track their own changes
+    else:
+        assert marks == [("readings_1m", t0 + timedelta(minutes=m)) for m in range(3)]

@@ -12,7 +12,7 @@ from services.history.service import MAX_POINTS, BadRange, bucket_value, plan_se
 from services.kafka import Backoff
 from services.storage import timescale
 from services.storage.layout import Layout, choose
-from services.storage.scheduled import floor_to, refresh_window
+from services.storage.scheduled import floor_to, refresh_ranges
 
 T0 = datetime(2026, 11, 24, 10, 17, 42, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
@@ -25,41 +25,43 @@ def test_floor_to_bucket_starts() -> None:
 
 
 def test_first_refresh_starts_at_the_first_data_and_stops_at_the_last_complete_bucket() -> None:
-    window = refresh_window(
-        refreshed_to=None,
-        earliest=T0 - timedelta(hours=2),
-        now=T0,
-        width=MINUTE,
-        lateness=timedelta(minutes=60),
+    ranges, mark = refresh_ranges(
+        refreshed_to=None, earliest=T0 - timedelta(hours=2), now=T0, width=MINUTE, changed=[]
     )
-    assert window == (
-        datetime(2026, 11, 24, 8, 17, tzinfo=UTC),
-        datetime(2026, 11, 24, 10, 17, tzinfo=UTC),
-    )
+    assert ranges == [(at(8, 17), at(10, 17))]
+    assert mark == at(10, 17)
 
 
-def test_later_refreshes_go_back_by_the_lateness() -> None:
-    mark = datetime(2026, 11, 24, 10, 10, tzinfo=UTC)
-    start, end = refresh_window(
-        refreshed_to=mark, earliest=None, now=T0, width=MINUTE, lateness=timedelta(minutes=30)
-    ) or (None, None)
-    assert (start, end) == (
-        mark - timedelta(minutes=30),
-        datetime(2026, 11, 24, 10, 17, tzinfo=UTC),
+def test_later_refreshes_compute_what_is_new_and_redo_only_changed_buckets() -> None:
+    # Marks at 10:01, 10:02 (one run), 10:05, and 10:12 (inside the new range anyway).
+    changed = [at(10, 1), at(10, 2), at(10, 5), at(10, 12), at(10, 2)]
+    ranges, mark = refresh_ranges(
+        refreshed_to=at(10, 10), earliest=None, now=T0, width=MINUTE, changed=changed
     )
+    assert ranges == [(at(10, 1), at(10, 3)), (at(10, 5), at(10, 6)), (at(10, 10), at(10, 17))]
+    assert mark == at(10, 17)
+
+
+def test_late_data_of_any_age_is_redone_even_when_no_new_bucket_is_complete() -> None:
+    ranges, mark = refresh_ranges(
+        refreshed_to=at(10, 17), earliest=None, now=T0, width=MINUTE, changed=[at(7, 3)]
+    )
+    assert ranges == [(at(7, 3), at(7, 4))]
+    assert mark is None  # the watermark stays
 
 
 def test_nothing_to_refresh_without_data_or_time() -> None:
-    assert (
-        refresh_window(refreshed_to=None, earliest=None, now=T0, width=MINUTE, lateness=MINUTE)
-        is None
+    assert refresh_ranges(refreshed_to=None, earliest=None, now=T0, width=MINUTE, changed=[]) == (
+        [],
+        None,
     )
-    assert (
-        refresh_window(
-            refreshed_to=T0, earliest=None, now=T0, width=timedelta(hours=1), lateness=timedelta(0)
-        )
-        is None
-    )
+    assert refresh_ranges(
+        refreshed_to=T0, earliest=None, now=T0, width=timedelta(hours=1), changed=[]
+    ) == ([], None)
+
+
+def at(hour: int, minute: int) -> datetime:
+    return datetime(2026, 11, 24, hour, minute, tzinfo=UTC)
 
 
 def test_series_plans_pick_the_coarsest_rollup_that_divides_the_bucket() -> None:
