@@ -31,7 +31,6 @@ import random
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -45,6 +44,7 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 
 from bench.kafkalog import end_offsets, expected, saved_offsets, tick_all
+from bench.scratch import scratch
 from services.config import (
     ApiSettings,
     IngestSettings,
@@ -111,8 +111,7 @@ class Drill:
     """A local stack, a feed, and the final tally."""
 
     def __init__(self, rate: float) -> None:
-        self.work = Path(tempfile.mkdtemp(prefix="city-vitals-drill-", dir="/tmp"))
-        self.work.chmod(0o755)  # as root, PostgreSQL runs as 'nobody' and must reach it
+        self.work = scratch("drill")
         self.settings = Settings(
             api=ApiSettings(port=free_port()),
             # The drill's gateways make up their devices; the registry has its own tests.

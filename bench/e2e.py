@@ -23,17 +23,16 @@ import asyncio
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import psycopg
 from aiokafka.partitioner import DefaultPartitioner
 
 from bench.kafkalog import arrivals, end_offsets, produced_at, saved_offsets
+from bench.scratch import scratch
 from rules.indicators import Catalogue
 from services.config import ApiSettings, IngestSettings, LocalSettings, Settings
 from services.local.processes import free_port, stop_process
@@ -42,8 +41,7 @@ from services.local.stack import LocalStack, register_simulated_devices
 
 class Run:
     def __init__(self) -> None:
-        self.work = Path(tempfile.mkdtemp(prefix="city-vitals-e2e-", dir="/tmp"))
-        self.work.chmod(0o755)  # as root, PostgreSQL runs as 'nobody' and must reach it
+        self.work = scratch("e2e")
         self.settings = Settings(
             api=ApiSettings(port=free_port()),
             ingest=IngestSettings(port=free_port()),
@@ -90,10 +88,15 @@ class Run:
             stop_process(proc, timeout=30)
         return (last - first) / took, {k: after[k] - before[k] for k in after}
 
-    def drain(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and max(self.lag()[1].values()) > 0:
+    def drain(self, timeout: float = 600.0) -> float:
+        """Wait until neither consumer group lags; the seconds it took. Raises if they still
+        lag after ``timeout``: a measurement on top of a backlog measures the backlog."""
+        began = time.monotonic()
+        while max(self.lag()[1].values()) > 0:
+            if time.monotonic() - began > timeout:
+                raise RuntimeError(f"still lagging after {timeout:.0f} s: {self.lag()[1]}")
             time.sleep(1.0)
+        return time.monotonic() - began
 
     def start(self) -> None:
         self.env, self.db_url = self.stack.start()
@@ -184,7 +187,7 @@ def main() -> None:
             print("kept up with none of the rates")
             return
         print(f"sustained: {kept:,.0f} readings/s")
-        run.drain()
+        print(f"(the backlog of the last step drained in {run.drain():.0f} s)")
         subprocess.run(
             [sys.executable, "-m", "services.cli", "scenario", "start", "typhoon", "--minutes",
              "2", "--control", str(run.control)],

@@ -16,10 +16,8 @@ import asyncio
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -28,6 +26,7 @@ from paho.mqtt import client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import SecretStr
 
+from bench.scratch import scratch
 from ingest.city.model import City
 from ingest.city.tickets import draw_calls
 from services.config import DatabaseSettings, KafkaSettings
@@ -149,8 +148,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="HTTP requests in flight")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="city-vitals-bench-", dir="/tmp"))
-    work.chmod(0o755)
+    work = scratch("bench")
     city = City(seed=1)
 
     began = time.perf_counter()

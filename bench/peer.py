@@ -22,7 +22,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -34,6 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import SecretStr
 
 from bench.kafkalog import produced_at, saved_offsets
+from bench.scratch import scratch
 from services.config import DatabaseSettings, KafkaSettings
 from services.db import migrate
 from services.kafka import ensure_topics, make_producer
@@ -192,8 +192,7 @@ def main() -> None:
     parser.add_argument("--readings", type=int, default=600_000)
     parser.add_argument("--devices", type=int, default=1_000)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="city-vitals-peer-", dir="/tmp"))
-    work.chmod(0o755)
+    work = scratch("peer")
     pg = LocalPostgres(work / "pg", free_port(), work / "postgres.log")
     broker = LocalBroker(free_port(), work / "broker.log")
     pg.init()

@@ -14,7 +14,6 @@ import argparse
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +22,7 @@ import httpx
 import orjson
 import psycopg
 
+from bench.scratch import scratch
 from services.config import ApiSettings, IngestSettings, LocalSettings, Settings
 from services.local.processes import free_port, stop_process, wait_for_port
 from services.local.stack import LocalStack
@@ -97,8 +97,7 @@ def main() -> None:
     parser.add_argument("--alerts", type=int, default=50)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="city-vitals-bench-", dir="/tmp"))
-    work.chmod(0o755)  # as root, PostgreSQL runs as 'nobody' and must reach its data
+    work = scratch("bench")
     settings = Settings(
         api=ApiSettings(port=free_port()),
         # The latency loop writes up to a few hours ahead (see below).

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import random
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -31,6 +30,7 @@ import psycopg
 from aiokafka import ConsumerRecord, TopicPartition
 from pydantic import SecretStr
 
+from bench.scratch import scratch
 from schemas.readings import READING_RECORD, Location, SensorReading
 from services.config import DatabaseSettings, KafkaSettings, Settings, WriterSettings
 from services.db import migrate
@@ -243,8 +243,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="city-vitals-bench-", dir="/tmp"))
-    work.chmod(0o755)
+    work = scratch("bench")
     pg = LocalPostgres(work / "pg", free_port(), work / "postgres.log")
     broker = LocalBroker(free_port(), work / "broker.log")
     pg.init()
