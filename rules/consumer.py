@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,6 +44,33 @@ log = logging.getLogger(__name__)
 SOURCE = "rules"
 SLOW_BATCH_SECONDS = 0.1  # a batch taking longer is logged, with where the time went
 Task = SourceTask | RollupTask
+
+
+def _log_slow(
+    done: list[tuple[TopicPartition, Output, Sequence[Any]]],
+    took: float,
+    waited: float,
+    folding: float,
+    alerting: float,
+) -> None:
+    """Where a slow batch's time went, and what it held."""
+    topics: Counter[str] = Counter()
+    for tp, _, fresh in done:
+        topics[tp.topic] += len(fresh)
+    outs = [out for _, out, _ in done]
+    log.info(
+        "slow batch: %d ms (folding %d, alerts out %d after, the rest %d) for %s, its oldest "
+        "record produced %d ms before; out: %d transitions, %d values, %d partials",
+        took * 1000,
+        folding * 1000,
+        alerting * 1000,
+        (took - folding - alerting) * 1000,
+        ", ".join(f"{n} of {topic}" for topic, n in sorted(topics.items())),
+        waited * 1000,
+        sum(len(out.transitions) for out in outs),
+        sum(len(out.closed) for out in outs),
+        sum(len(out.partials) for out in outs),
+    )
 
 
 class RulesHandler:
@@ -175,17 +203,7 @@ class RulesHandler:
                 await self._emit_rest(out, fresh)
             took = time.perf_counter() - began
             if took >= SLOW_BATCH_SECONDS:
-                log.info(
-                    "slow batch: %d ms for %d records after its oldest waited %d ms (folding "
-                    "%d ms, alerts out %d ms after; %d transitions, %d values)",
-                    took * 1000,
-                    sum(len(fresh) for _, _, fresh in done),
-                    waited * 1000,
-                    (folded - began) * 1000,
-                    (alerted - folded) * 1000,
-                    sum(len(out.transitions) for _, out, _ in done),
-                    sum(len(out.closed) for _, out, _ in done),
-                )
+                _log_slow(done, took, waited, folded - began, alerted - folded)
             for tp, _, fresh in done:
                 self.position[tp] = fresh[-1].offset + 1
                 self.last_record[tp] = time.monotonic()
