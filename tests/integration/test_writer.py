@@ -57,15 +57,19 @@ def stored(url: str) -> tuple[int, int]:
     return row[0], row[1]
 
 
+def writer_settings(url: str, broker: LocalBroker, group: str) -> Settings:
+    return Settings(
+        db=DatabaseSettings(url=SecretStr(url)),
+        kafka=Settings().kafka.model_copy(update={"bootstrap_servers": broker.bootstrap}),
+        writer=WriterSettings(consumer_group=group),
+    )
+
+
 def test_a_stale_member_is_fenced_and_writes_nothing(
     broker: LocalBroker, postgres: LocalPostgres
 ) -> None:
     url = fresh_database(postgres)
-    settings = Settings(
-        db=DatabaseSettings(url=SecretStr(url)),
-        kafka=Settings().kafka.model_copy(update={"bootstrap_servers": broker.bootstrap}),
-        writer=WriterSettings(consumer_group="fence-test"),
-    )
+    settings = writer_settings(url, broker, "fence-test")
     tp0, tp1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
 
     async def scenario() -> None:
@@ -259,11 +263,7 @@ def test_stored_readings_mark_their_minute_buckets_for_the_rollups(
     broker: LocalBroker, postgres: LocalPostgres
 ) -> None:
     url = fresh_database(postgres)
-    settings = Settings(
-        db=DatabaseSettings(url=SecretStr(url)),
-        kafka=Settings().kafka.model_copy(update={"bootstrap_servers": broker.bootstrap}),
-        writer=WriterSettings(consumer_group="marks-test"),
-    )
+    settings = writer_settings(url, broker, "marks-test")
 
     async def scenario() -> None:
         producer = make_producer(settings.kafka)
