@@ -236,9 +236,7 @@ class RulesHandler:
             for partition in sorted(await prompt.producer.partitions_for(topics.rollup)):
                 for m in out.marks:
                     pending.append(await send(topics.rollup, encode(m), partition=partition))
-        pending += await self.batches.send(
-            topics.indicator_values, [(v.key, encode(v)) for v in out.values]
-        )
+        pending += await self.batches.send(topics.indicator_values, out.value_records())
         for pos, reason in out.rejected:
             record = records[pos]
             letter = dead_letter(SOURCE, reason, record.value or b"", record)

@@ -30,7 +30,15 @@ from pydantic import ValidationError
 
 from rules import core
 from rules.indicators import Aggregation, Catalogue, Indicator, Profile, Source
-from rules.windows import Judge, ScopeState, advance, indicator_value, next_due, observe
+from rules.windows import (
+    Judge,
+    ScopeState,
+    advance,
+    indicator_value,
+    next_due,
+    observe,
+    value_record,
+)
 from schemas.alerts import AlertTransition, ScopeLevel
 from schemas.base import describe_errors
 from schemas.indicator_values import IndicatorValue
@@ -161,6 +169,10 @@ class Output:
         """The record of each closed window. Built when asked for: a window close makes
         thousands, and the consumer sends the batch's alerts before it spends that time."""
         return [indicator_value(*closed) for closed in self.closed]
+
+    def value_records(self) -> list[tuple[bytes, bytes]]:
+        """``values`` as the keys and bytes the consumer sends, built without the models."""
+        return [value_record(*closed) for closed in self.closed]
 
 
 @dataclass(slots=True)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 
 import pytest
 
 from rules.indicators import Indicator
-from rules.windows import Judge, ScopeState, advance, indicator_value, observe
+from rules.windows import Judge, ScopeState, advance, indicator_value, observe, value_record
 from schemas.alerts import AlertTransition, Condition, Level, ScopeLevel, TransitionKind
 from schemas.indicator_values import value_id_for
+from services.kafka import encode
 
 MINUTE = 60_000
 
@@ -209,6 +211,29 @@ def test_indicator_value_level_is_the_indicators_level(indicator: Indicator) -> 
     for value in [*range(-5, 300), 0.5, 19.999, 20.0, 20.001, 1e300]:
         record = indicator_value(judge, "dev-1", 0, float(value), 1)
         assert record.level == indicator.level_for(float(value))[0], value
+
+
+def test_value_record_is_the_models_key_and_bytes() -> None:
+    """The engine sends ``value_record``; the writer and every reader parse the contract."""
+    rng = random.Random(7)
+    values = [0.0, -0.0, 1e-7, 0.1, 2.5, 19.999, 20.0, 1e16, 1.7e308, -3.25e-300, 123456.789]
+    values += [rng.uniform(-1e6, 1e6) for _ in range(300)] + [rng.random() for _ in range(300)]
+    starts = [0, 1, 1_500, 2 * MINUTE, 1_782_864_000_123, 4_102_444_800_000]
+    for indicator in [depth(), depth(scope_level="district", window_seconds=300)]:
+        judge = Judge.of(indicator)
+        for i, value in enumerate(values):
+            start, samples = starts[i % len(starts)], rng.randrange(0, 10**6)
+            model = indicator_value(judge, f"s-{i}", start, value, samples)
+            assert value_record(judge, f"s-{i}", start, value, samples) == (
+                model.key,
+                encode(model),
+            ), value
+
+
+def test_value_record_refuses_what_the_contract_refuses() -> None:
+    for value in [float("nan"), float("inf"), float("-inf")]:
+        with pytest.raises(ValueError, match="window's value"):
+            value_record(Judge.of(depth()), "dev-1", 0, value, 1)
 
 
 def test_preview_equals_stepping_every_window() -> None:
