@@ -252,27 +252,53 @@ def _reshape(defs: Definitions, shapes: dict[str, tuple[int, str]], windows: dic
         shapes[code] = shape
 
 
-def scope_of(level: ScopeLevel, device: str | None, location: Mapping[str, Any]) -> str | None:
-    match level:
-        case ScopeLevel.DEVICE:
-            return device
-        case ScopeLevel.CITY:
-            return CITY
-        case _:
-            return location.get(level.value)
-
-
 _NOWHERE: Mapping[str, Any] = {}
 
 
 @dataclass(slots=True)
-class _Observation:
-    pos: int
-    ts: int
-    selector: str  # metric of a reading, category of a ticket
-    value: float
-    device: str | None
-    location: Mapping[str, Any]  # grid, street, district (a reading's may hold lon, lat too)
+class _Column:
+    """The observations of one selector (a reading's metric, a ticket's category) in a batch,
+    in log order, column by column: cheaper to fill and to turn into arrays than an object
+    per observation."""
+
+    pos: list[int] = field(default_factory=list)
+    ts: list[int] = field(default_factory=list)
+    value: list[float] = field(default_factory=list)
+    device: list[str | None] = field(default_factory=list)
+    location: list[Mapping[str, Any]] = field(default_factory=list)  # grid, street, district
+
+    def add(
+        self, pos: int, ts: int, value: float, device: str | None, where: Mapping[str, Any]
+    ) -> None:
+        self.pos.append(pos)
+        self.ts.append(ts)
+        self.value.append(value)
+        self.device.append(device)
+        self.location.append(where)
+
+    @classmethod
+    def merged(cls, columns: list[_Column]) -> _Column:
+        """Several selectors' observations (an indicator fed by several), back in log order."""
+        rows = sorted(
+            row
+            for c in columns
+            for row in zip(c.pos, c.ts, c.value, c.device, c.location, strict=True)
+        )
+        out = cls()
+        for row in rows:
+            out.add(*row)
+        return out
+
+    def scopes(self, level: ScopeLevel) -> list[str | None]:
+        """Each observation's scope at ``level``; None where it has none."""
+        match level:
+            case ScopeLevel.DEVICE:
+                return self.device
+            case ScopeLevel.CITY:
+                return [CITY] * len(self.pos)
+            case _:
+                key = level.value
+                return [where.get(key) for where in self.location]
 
 
 def decode_tick(raw: bytes) -> int:
@@ -313,7 +339,7 @@ class SourceTask:
         out = Output()
         _reshape(defs, self.shapes, self.windows)
         stamps = np.full(len(records), NEVER, dtype=np.int64)
-        observations = self._decode(records, stamps, out)
+        columns = self._decode(records, stamps, out)
         seen = np.empty(len(records), dtype=np.int64)  # highest event time before each record
         if len(records):
             seen[0] = NEVER if self.max_ts is None else self.max_ts
@@ -322,14 +348,13 @@ class SourceTask:
                 np.maximum(seen[1:], seen[0], out=seen[1:])
             top = int(max(seen[-1], stamps[-1]))
             self.max_ts = None if top == NEVER else top
-        by_indicator: dict[str, list[tuple[_Observation, str]]] = {}
-        for obs in observations:
-            for indicator in defs.fed_by(self.source, obs.selector):
-                scope_id = scope_of(indicator.scope_level, obs.device, obs.location)
-                if scope_id is not None:
-                    by_indicator.setdefault(indicator.code, []).append((obs, scope_id))
-        for code, items in by_indicator.items():
-            self._fold(defs.catalogue.by_code[code], items, seen, out)
+        fed: dict[str, list[_Column]] = {}
+        for selector, column in columns.items():
+            for indicator in defs.fed_by(self.source, selector):
+                fed.setdefault(indicator.code, []).append(column)
+        for code, found in fed.items():
+            column = found[0] if len(found) == 1 else _Column.merged(found)
+            self._fold(defs.catalogue.by_code[code], column, seen, out)
         if self.max_ts is not None:
             for indicator in defs.catalogue.by_code.values():
                 if indicator.source is self.source:
@@ -348,19 +373,23 @@ class SourceTask:
 
     def _decode(
         self, records: Sequence[tuple[bytes, bool]], stamps: core.I64, out: Output
-    ) -> list[_Observation]:
-        found: list[_Observation] = []
+    ) -> dict[str, _Column]:
+        found: dict[str, _Column] = {}
+        sensor = self.source is Source.SENSOR
         for pos, (raw, tick) in enumerate(records):
             try:
                 if tick:
                     stamps[pos] = decode_tick(raw)
                     continue
-                if self.source is Source.SENSOR:
+                if sensor:
                     r = READING_RECORD.validate_json(raw)
                     ts = int(r["ts"].timestamp() * 1000)
-                    where = r.get("location") or _NOWHERE  # read by .get of a scope level
-                    found.append(
-                        _Observation(pos, ts, r["metric"], float(r["value"]), r["device_id"], where)
+                    column = found.get(r["metric"])
+                    if column is None:
+                        column = found[r["metric"]] = _Column()
+                    # The location as pydantic-core built it, read by .get of a scope level.
+                    column.add(
+                        pos, ts, float(r["value"]), r["device_id"], r.get("location") or _NOWHERE
                     )
                 else:
                     t = HotlineTicket.model_validate_json(raw)
@@ -370,7 +399,10 @@ class SourceTask:
                         "street": t.location.street,
                         "district": t.location.district,
                     }
-                    found.append(_Observation(pos, ts, t.category, 1.0, None, where))
+                    column = found.get(t.category)
+                    if column is None:
+                        column = found[t.category] = _Column()
+                    column.add(pos, ts, 1.0, None, where)
                 stamps[pos] = ts
             except ValidationError as exc:
                 out.rejected.append((pos, describe_errors(exc)))
@@ -381,29 +413,34 @@ class SourceTask:
     def _fold(
         self,
         indicator: Indicator,
-        items: list[tuple[_Observation, str]],
+        column: _Column,
         seen: core.I64,
         out: Output,
     ) -> None:
         code = indicator.code
         window_ms = indicator.window_seconds * 1000
-        ids: dict[str, int] = {}
-        names: list[str] = []
-        districts = self.districts.setdefault(code, {})
-        scopes: list[int] = []
-        for obs, scope_id in items:
-            index = ids.get(scope_id)
-            if index is None:
-                index = ids[scope_id] = len(names)
-                names.append(scope_id)
-                if indicator.scope_level is not ScopeLevel.CITY:
-                    districts[scope_id] = obs.location.get("district")
-            scopes.append(index)
+        of = column.scopes(indicator.scope_level)
         # Whole columns at once: item-by-item stores into numpy arrays cost more than this.
-        scope = np.array(scopes, dtype=np.int64)
-        ts = np.array([obs.ts for obs, _ in items], dtype=np.int64)
-        value = np.array([obs.value for obs, _ in items], dtype=np.float64)
-        before = seen[np.array([obs.pos for obs, _ in items], dtype=np.int64)]
+        ts = np.array(column.ts, dtype=np.int64)
+        value = np.array(column.value, dtype=np.float64)
+        pos = np.array(column.pos, dtype=np.int64)
+        if None in of:  # observations without this scope level count for none of it
+            keep = np.array([s is not None for s in of], dtype=np.bool_)
+            ts, value, pos = ts[keep], value[keep], pos[keep]
+            located = [(s, w) for s, w in zip(of, column.location, strict=True) if s is not None]
+            scope_ids: list[str] = [s for s, _ in located]
+            where: list[Mapping[str, Any]] = [w for _, w in located]
+        else:
+            scope_ids, where = of, column.location  # type: ignore[assignment]
+        names = list(dict.fromkeys(scope_ids))  # first seen first
+        index = {name: i for i, name in enumerate(names)}
+        scope = np.array([index[s] for s in scope_ids], dtype=np.int64)
+        if indicator.scope_level is not ScopeLevel.CITY:
+            # The district each scope lies in, as its latest observation in the log says.
+            self.districts.setdefault(code, {}).update(
+                zip(scope_ids, [w.get("district") for w in where], strict=True)
+            )
+        before = seen[pos]
         ends = core.window_starts(ts, window_ms) + window_ms
         late = (before != NEVER) & (ends <= before - indicator.allowed_lateness_seconds * 1000)
         if late.any():
