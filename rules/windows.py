@@ -35,7 +35,7 @@ from rules.alerts import OpenAlert, alert_id_for, at_ms, transition
 from rules.indicators import Direction, Indicator
 from schemas.alerts import AlertTransition, Condition, Level, TransitionKind
 from schemas.base import UtcDatetime
-from schemas.indicator_values import IndicatorValue, value_id_hex
+from schemas.indicator_values import IndicatorValue, value_id_hex, value_id_hex_of
 
 _INSTANT: TypeAdapter[datetime] = TypeAdapter(UtcDatetime)
 
@@ -53,6 +53,8 @@ class Judge:
     stale_ms: int | None  # no data for this long after the last window's end: no-data alert
     below: bool  # thresholds apply downwards
     bounds: tuple[float, ...]  # ascending keys for ``rank``: the thresholds, negated when below
+    scope: str  # 'indicator|scope level|', which a value's key and id begin with
+    level_names: tuple[str, ...]  # the levels as their records write them
 
     @classmethod
     def of(cls, indicator: Indicator, stale_factor: float | None = 3.0) -> Judge:
@@ -74,6 +76,8 @@ class Judge:
             stale_ms=stale,
             below=indicator.direction is Direction.BELOW,
             bounds=tuple(-t if indicator.direction is Direction.BELOW else t for _, t in pairs),
+            scope=f"{indicator.code}|{indicator.scope_level.value}|",
+            level_names=tuple(level.value for level, _ in pairs),
         )
 
     def rank(self, value: float) -> int:
@@ -142,20 +146,20 @@ def value_record(
     if not math.isfinite(value):
         raise ValueError(f"{indicator.code} at {scope_id}: the window's value is {value}")
     rank = judge.rank(value)
-    level = indicator.scope_level.value
-    h = value_id_hex(indicator.code, indicator.scope_level, scope_id, start_iso)
+    key = judge.scope + scope_id
+    h = value_id_hex_of(f"{key}|{start_iso}")
     body = {
         "value_id": f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}",
         "indicator": indicator.code,
-        "scope_level": level,
+        "scope_level": indicator.scope_level,
         "scope_id": scope_id,
         "window_start": start_text,
         "window_end": end_text,
         "value": value,
         "samples": samples,
-        "level": judge.levels[rank - 1].value if rank else None,
+        "level": judge.level_names[rank - 1] if rank else None,
     }
-    return f"{indicator.code}|{level}|{scope_id}".encode(), orjson.dumps(body)
+    return key.encode(), orjson.dumps(body)
 
 
 def _rank_of(alert: OpenAlert | None, judge: Judge) -> int:

@@ -28,8 +28,12 @@ def value_id_hex(indicator: str, scope_level: ScopeLevel, scope_id: str, start_i
     """``value_id_for`` as 32 hex digits: ``uuid.uuid5`` without building the UUID object,
     which the model's validator builds for a third of the cost (the engine makes one per
     closed window)."""
-    name = f"{indicator}|{scope_level.value}|{scope_id}|{start_iso}".encode()
-    digest = hashlib.sha1(_VALUE_NS + name).digest()
+    return value_id_hex_of(f"{indicator}|{scope_level.value}|{scope_id}|{start_iso}")
+
+
+def value_id_hex_of(name: str) -> str:
+    """``value_id_hex`` of its name, ``indicator|scope level|scope id|window start``."""
+    digest = hashlib.sha1(_VALUE_NS + name.encode()).digest()
     return f"{int.from_bytes(digest[:16]) & _VERSION_MASK | _VERSION_5:032x}"
 
 
