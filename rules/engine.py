@@ -253,6 +253,7 @@ def _reshape(defs: Definitions, shapes: dict[str, tuple[int, str]], windows: dic
 
 
 _NOWHERE: Mapping[str, Any] = {}
+MARK_EVERY_MS = 1_000  # event time between marks that close no roll-up window
 
 
 @dataclass(slots=True)
@@ -359,7 +360,8 @@ class SourceTask:
             for indicator in defs.catalogue.by_code.values():
                 if indicator.source is self.source:
                     self._close(defs, indicator, out)
-            if self.marked is None or self.max_ts > self.marked:
+            ticked = any(tick for _, tick in records)
+            if self._mark_due(defs, ticked):
                 out.marks.append(
                     SourceMark(
                         topic=self.topic,
@@ -370,6 +372,33 @@ class SourceTask:
                 )
                 self.marked = self.max_ts
         return out
+
+    def _mark_due(self, defs: Definitions, ticked: bool) -> bool:
+        """Whether the roll-up stage must hear how far this partition's event time has come.
+
+        A mark goes to every roll-up partition, and the broker keeps each send as an object
+        it lists on every fetch: one per batch was most of what the roll-up topic held. So a
+        mark is sent when time has passed the close of some roll-up window (the roll-up
+        stage closes it as soon as the last partition says so), when a tick moved time on
+        (a quiet partition), and otherwise once per ``MARK_EVERY_MS`` of event time (for the
+        for-durations and staleness the roll-up stage times by the same marks). What the
+        roll-up stage emits is stamped with event time and does not depend on which marks
+        it got; only when it emits does."""
+        assert self.max_ts is not None
+        now, last = self.max_ts, self.marked
+        if last is None:
+            return True
+        if now <= last:
+            return False
+        if ticked or now - last >= MARK_EVERY_MS:
+            return True
+        for indicator in defs.catalogue.by_code.values():
+            if indicator.source is self.source and indicator.scope_level is not ScopeLevel.DEVICE:
+                window_ms = indicator.window_seconds * 1000
+                lateness = indicator.allowed_lateness_seconds * 1000
+                if (now - lateness) // window_ms != (last - lateness) // window_ms:
+                    return True
+        return False
 
     def _decode(
         self, records: Sequence[tuple[bytes, bool]], stamps: core.I64, out: Output

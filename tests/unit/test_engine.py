@@ -4,6 +4,7 @@ emits exactly what one pass over the whole logs emits."""
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import zlib
 from collections.abc import Callable
@@ -84,24 +85,26 @@ def tick(ts: int) -> tuple[bytes, bool]:
     return encode_tick(ts), True
 
 
-def city_logs(seed: int, partitions: int = 3, minutes: int = 90) -> Logs:
-    """Devices keyed to partitions by name, readings every minute, some disorder, storms."""
+def city_logs(seed: int, partitions: int = 3, minutes: int = 90, per_minute: int = 1) -> Logs:
+    """Devices keyed to partitions by name, readings ``per_minute`` times a minute, some
+    disorder, storms."""
     rng = np.random.default_rng(seed)
     logs: Logs = {(READINGS, p): [] for p in range(partitions)}
     logs[(TICKETS, 0)] = []
     devices = [(f"dev-{i}", f"d{i % 3}") for i in range(12)]
     storm = {d: rng.uniform(0, 60, 4) for d, _ in devices}
     n = 0
-    for minute in range(minutes):
+    for step in range(minutes * per_minute):
+        minute = step // per_minute
         for device, district in devices:
-            ts = T0 + minute * MINUTE + int(rng.integers(0, MINUTE))
+            ts = T0 + step * MINUTE // per_minute + int(rng.integers(0, MINUTE // per_minute))
             ts -= int(rng.integers(0, 150_000)) if rng.random() < 0.05 else 0  # late, some too late
             wave = np.sin(minute / 9 + storm[device][0]) * storm[device][1]
             value = float(max(0.0, wave + rng.normal(0, 2)))
             if rng.random() < 0.9 or minute < 5:  # some devices skip minutes
                 partition = zlib.crc32(device.encode()) % partitions
                 logs[(READINGS, partition)].append(reading(device, district, ts, value))
-        if rng.random() < 0.3:
+        if rng.random() < 0.3 / per_minute:
             n += 1
             logs[(TICKETS, 0)].append(ticket(n, f"d{n % 3}", T0 + minute * MINUTE))
     end = T0 + (minutes + 30) * MINUTE
@@ -166,10 +169,12 @@ def live(defs: Definitions, logs: Logs, seed: int, rollups: int = 2) -> Output:
     return total
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_batching_interleaving_and_crashes_change_nothing(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "per_minute"), [*((s, 1) for s in range(6)), (6, 40), (7, 40)])
+def test_batching_interleaving_and_crashes_change_nothing(seed: int, per_minute: int) -> None:
+    """Also with readings dense enough (per partition, one every 375 ms) that a batch often
+    advances event time too little to be worth a mark."""
     defs = Definitions(catalogue())
-    logs = city_logs(seed)
+    logs = city_logs(seed, minutes=90 if per_minute == 1 else 25, per_minute=per_minute)
     reference = replay(defs, logs, partitions_of(logs), SOURCES)
     got = live(defs, logs, seed)
     assert unique(got.transitions) == unique(reference.transitions)
@@ -204,6 +209,32 @@ def test_a_district_window_waits_for_every_partition() -> None:
     other = SourceTask(READINGS, 1, 2, Source.SENSOR).process(defs, [tick(T0 + 10 * MINUTE)])
     closed = task.process(defs, [m.model_dump_json().encode() for m in other.marks])
     assert {v.indicator for v in closed.values} == {"water.district_depth", "water.city_peak"}
+
+
+def test_marks_come_when_a_roll_up_window_can_close_and_once_a_second_between() -> None:
+    """Marks go to every roll-up partition: not one per batch, but none late for a close."""
+    defs = Definitions(catalogue())
+    task = SourceTask(READINGS, 0, 1, Source.SENSOR)
+    stamps = [T0 + 333 + 250 * i for i in range(2_000)]  # a reading every 250 ms, one a batch
+    marked = [
+        m.max_ts_ms
+        for ts in stamps
+        for m in task.process(defs, [reading("a", "d1", ts, 1.0)]).marks
+    ]
+    assert stamps[0] == marked[0]
+    assert all(b - a <= 1_000 for a, b in itertools.pairwise(marked))
+    assert len(marked) < len(stamps) / 3
+    # The first reading past each roll-up close (window end + lateness) is marked.
+    rollups = [i for i in defs.catalogue.by_code.values() if i.scope_level is not ScopeLevel.DEVICE]
+    for i in rollups:
+        if i.source is Source.SENSOR:
+            window, lateness = i.window_seconds * 1000, i.allowed_lateness_seconds * 1000
+            for end in range(T0 + lateness + window, stamps[-1], window):
+                assert next(ts for ts in stamps if ts >= end) in marked, (i.code, end)
+    # A tick (a quiet partition) is marked at once.
+    assert [m.max_ts_ms for m in task.process(defs, [tick(stamps[-1] + 10)]).marks] == [
+        stamps[-1] + 10
+    ]
 
 
 def test_late_readings_are_counted_and_left_out() -> None:
