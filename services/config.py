@@ -167,6 +167,14 @@ class WriterSettings(_Section):
         "than the alerts role: on a busy machine an alert's few rows go first, and the bulk "
         "catches up when it is idle.",
     )
+    bulk_fetch_max_wait_ms: int = Field(
+        default=500,
+        ge=0,
+        description="How long the broker may hold a fetch of the readings and events roles "
+        "until it has bulk_fetch_min_bytes for them: readings and values are stored up to "
+        "this much later, in fewer, larger fetches and transactions.",
+    )
+    bulk_fetch_min_bytes: int = Field(default=1024 * 1024, ge=1)
 
 
 class StorageSettings(_Section):

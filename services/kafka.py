@@ -263,6 +263,7 @@ async def run_consumer(
     stop: asyncio.Event,
     poll_ms: int = 200,
     fetch_max_wait_ms: int | None = None,
+    fetch_min_bytes: int = 1,
 ) -> None:
     """Consume ``topics`` in ``group_id`` until ``stop`` is set, committing after each batch."""
     consumer = AIOKafkaConsumer(
@@ -275,6 +276,7 @@ async def run_consumer(
         fetch_max_wait_ms=kafka.fetch_max_wait_ms
         if fetch_max_wait_ms is None
         else fetch_max_wait_ms,
+        fetch_min_bytes=fetch_min_bytes,
         session_timeout_ms=kafka.session_timeout_ms,
         heartbeat_interval_ms=max(kafka.session_timeout_ms // 4, 300),
     )

@@ -680,7 +680,10 @@ async def run(settings: Settings, stop: asyncio.Event, role: str | None = None) 
             handler=handler,
             stop=stop,
             # Alerts are few: polling the broker more often costs little and saves them time.
-            fetch_max_wait_ms=10 if role == "alerts" else None,
+            # The bulk is fetched in large pieces: a fetch that returns data costs the broker
+            # in proportion to what the partition holds (Tansu lists it whole).
+            fetch_max_wait_ms=10 if role == "alerts" else settings.writer.bulk_fetch_max_wait_ms,
+            fetch_min_bytes=1 if role == "alerts" else settings.writer.bulk_fetch_min_bytes,
         )
     finally:
         if upkeep is not None:
