@@ -32,7 +32,13 @@ class _Section(BaseModel):
 class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     topic_prefix: str = Field(default="city-vitals", pattern=r"^[A-Za-z0-9._\-]+$")
-    partitions: int = Field(default=6, ge=1, description="Partitions for topics we create.")
+    partitions: int = Field(
+        default=3,
+        ge=1,
+        description="Partitions for topics we create: as many as members a consumer group may "
+        "run. Three suit one machine; on the local broker every partition costs each fetch "
+        "(deploy/ sets 12, docker-compose.yml 6).",
+    )
     replication_factor: int = Field(default=1, ge=1)
     # Apache Kafka supports the idempotent producer; the local Tansu broker does not.
     enable_idempotence: bool = False
