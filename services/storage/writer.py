@@ -671,6 +671,9 @@ async def run(settings: Settings, stop: asyncio.Event, role: str | None = None) 
     producer = make_producer(settings.kafka)
     await producer.start()
     handler = WriterHandler(settings, None, producer)
+    with contextlib.suppress(Unavailable):  # else the first batch connects
+        # Connected and staged before the first batch: the first alert should not wait for it.
+        await handler.connection()
     upkeep = asyncio.create_task(run_maintenance(settings, stop)) if role == "readings" else None
     try:
         await run_consumer(
