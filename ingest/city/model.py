@@ -78,6 +78,7 @@ class City:
             district=np.array([d.grid.street.district for d in devices]),
             street=street,
             low_lying=rng.random(len(devices)) < 0.2,
+            flood_lag=rng.uniform(0.0, 0.2, len(devices)),
             station=np.isin(street, geography.STATIONS),
             fair=street == geography.CANTON_FAIR,
         )

@@ -59,6 +59,8 @@ class Targets:
     district: npt.NDArray[np.str_]
     street: npt.NDArray[np.str_]
     low_lying: Bools  # waterlogging gauges that flood first
+    # When each floods, as a fraction of the scenario after the first: drainage differs.
+    flood_lag: Floats
     station: Bools
     fair: Bools
 
@@ -80,7 +82,7 @@ def adjust(running: Running, targets: Targets, idx: npt.NDArray[np.int64], t: Fl
             rain = metric == "rainfall_1h"
             out[rain] += 80.0 * _ramp(p[rain], 0.0, 0.3)
             flood = (metric == "waterlogging_depth") & targets.low_lying[idx]
-            out[flood] += 55.0 * _ramp(p[flood], 0.2, 0.6)
+            out[flood] += 55.0 * _ramp(p[flood] - targets.flood_lag[idx][flood], 0.2, 0.6)
             roads = metric == "road_speed"
             out[roads] *= 1.0 - 0.6 * _ramp(p[roads], 0.2, 0.6)
         case ScenarioName.CANTON_FAIR:
