@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ class Counts:
     accepted: int = 0
     refused: int = 0
     tickets: int = 0
+    # Seconds each recent posting round took to build its bodies, then to post them.
+    ticks: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=10_000))
 
 
 async def _post(
@@ -137,6 +140,7 @@ async def run(
     ) as client:
         carry = 0.0
         last = time.time()
+        calls: set[asyncio.Task[None]] = set()
         while not stop.is_set():
             tick = time.time()
             running = read_control(control)
@@ -147,28 +151,44 @@ async def run(
                 city.body(tick, min(MAX_BATCH, count - start), running, span=elapsed)
                 for start in range(0, count, MAX_BATCH)
             ]
-            jobs: list[Coroutine[Any, Any, None]] = [
-                _post(client, "/api/v1/readings", b, counts, stop) for b in batches
-            ]
             if tickets:
                 surge = (
                     ticket_surge(running, float(running.progress(np.array([tick]))[0]))
                     if (running)
                     else {}
                 )
-                jobs += [
-                    _call(client, form, counts)
-                    for form in draw_calls(rng, elapsed, city.grids, surge)
-                ]
-            await _bounded(jobs, concurrency)
+                # Citizens call on their own time: a slow call never holds up the sensors.
+                for form in draw_calls(rng, elapsed, city.grids, surge):
+                    call = asyncio.create_task(_call(client, form, counts))
+                    calls.add(call)
+                    call.add_done_callback(calls.discard)
+            built = time.time()
+            await _bounded(
+                [_post(client, "/api/v1/readings", b, counts, stop) for b in batches],
+                concurrency,
+            )
+            counts.ticks.append((built - tick, time.time() - built))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     stop.wait(), timeout=max(0.0, interval - (time.time() - tick))
                 )
+        await asyncio.gather(*calls)
     log.info(
         "simulator stopped: %d readings accepted, %d refused, %d tickets filed",
         counts.accepted,
         counts.refused,
         counts.tickets,
     )
+    if len(counts.ticks) >= 2:
+        build, post = (np.array(column) * 1000 for column in zip(*counts.ticks, strict=True))
+        log.info(
+            "last %d posting rounds: building them took p50 %.0f ms, max %.0f ms; posting "
+            "them until ingest answered p50 %.0f ms, p99 %.0f ms, max %.0f ms",
+            len(counts.ticks),
+            np.median(build),
+            build.max(),
+            np.median(post),
+            np.percentile(post, 99),
+            post.max(),
+        )
     return counts
