@@ -24,7 +24,6 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from rules import state
 from rules.engine import Definitions, Output, RollupTask, SourceTask, encode_tick
 from rules.indicators import Catalogue, Source
-from schemas.alerts import AlertTransition
 from schemas.topics import Topics
 from services.config import Settings
 from services.kafka import (
@@ -60,7 +59,7 @@ def _log_slow(
         topics[tp.topic] += len(fresh)
     outs = [out for _, out, _ in done]
     log.info(
-        "slow batch: %d ms (folding %d, sending alerts %d, the rest %d) for %s, its oldest "
+        "slow batch: %d ms (folding %d, alerts out %d after, the rest %d) for %s, its oldest "
         "record produced %d ms before; out: %d transitions, %d values, %d partials",
         took * 1000,
         folding * 1000,
@@ -166,16 +165,15 @@ class RulesHandler:
     # -- processing ---------------------------------------------------------------------
 
     async def handle(self, batch: Batch) -> None:
-        """Fold each partition's records and send its alerts at once; then emit the rest of
-        every partition's output (a window close makes each emit a burst of values): what the
-        roll-up stage waits for first."""
+        """Fold every partition's records, then emit: the alerts of all partitions first (a
+        window close makes every partition emit a burst of values), then what the roll-up
+        stage waits for, then the rest."""
         self.in_batch = True
         began = time.perf_counter()
         # How long the oldest record waited between its producer and this handler.
         waited = time.time() - min(
             (records[0].timestamp / 1000 for records in batch.values() if records), default=0
         )
-        alerting = 0.0
         try:
             done: list[tuple[TopicPartition, Output, Sequence[Any]]] = []
             for tp, records in batch.items():
@@ -198,18 +196,14 @@ class RulesHandler:
                 else:
                     out = task.process(self.defs, [r.value or b"" for r in fresh])
                 done.append((tp, out, fresh))
-                if out.transitions:
-                    # Out before the next partition is folded: a window close folds for tens
-                    # of milliseconds on every partition at once.
-                    sent = time.perf_counter()
-                    await self._emit_alerts(out.transitions)
-                    alerting += time.perf_counter() - sent
             folded = time.perf_counter()
+            await self._emit_alerts(done)
+            alerted = time.perf_counter()
             for _, out, fresh in done:
                 await self._emit_rest(out, fresh)
             took = time.perf_counter() - began
             if took >= SLOW_BATCH_SECONDS:
-                _log_slow(done, took, waited, folded - began - alerting, alerting)
+                _log_slow(done, took, waited, folded - began, alerted - folded)
             for tp, _, fresh in done:
                 self.position[tp] = fresh[-1].offset + 1
                 self.last_record[tp] = time.monotonic()
@@ -219,14 +213,16 @@ class RulesHandler:
         finally:
             self.in_batch = False
 
-    async def _emit_alerts(self, transitions: list[AlertTransition]) -> None:
+    async def _emit_alerts(self, done: list[tuple[TopicPartition, Output, Sequence[Any]]]) -> None:
+        topics = self.topics
+        pending = self.pending
         prompt = self.prompt
-        self.pending += await prompt.send(
-            self.topics.alerts, [(t.key, encode(t)) for t in transitions]
-        )
-        # Out now: the loop is busy with this batch's other partitions and outputs until it
-        # ends, and the producer's sender would wait for it.
-        await prompt.producer.flush()
+        transitions = [t for _, out, _ in done for t in out.transitions]
+        if transitions:
+            pending += await prompt.send(topics.alerts, [(t.key, encode(t)) for t in transitions])
+            # Out now: the loop is busy with this batch's other outputs until it ends, and the
+            # producer's sender would wait for it.
+            await prompt.producer.flush()
 
     async def _emit_rest(self, out: Output, records: Sequence[Any]) -> None:
         topics = self.topics
