@@ -91,7 +91,9 @@ async def fill(kafka: KafkaSettings, data: list[tuple[bytes, bytes]]) -> None:
         await producer.stop()
 
 
-async def progress(kafka: KafkaSettings, group: str, topic: str, total: int) -> float:
+async def progress(
+    kafka: KafkaSettings, group: str, topic: str, total: int, proc: subprocess.Popen[bytes]
+) -> float:
     """Seconds ``group`` took from its first committed offsets on ``topic`` to committing all
     ``total`` records, polled every 20 ms, scaled up to cover the records before its first
     commit. The engine commits to the broker after every batch (its own offsets, with its
@@ -111,6 +113,10 @@ async def progress(kafka: KafkaSettings, group: str, topic: str, total: int) -> 
                 first = (now, done)
             if done >= total:
                 break
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"the engine exited ({proc.returncode}) at {done:,} of {total:,}"
+                )
             await asyncio.sleep(0.02)
     finally:
         await watcher.stop()
@@ -138,7 +144,7 @@ def ours(
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        elapsed = asyncio.run(progress(kafka, group, kafka.topics.readings, total))
+        elapsed = asyncio.run(progress(kafka, group, kafka.topics.readings, total, proc))
     finally:
         stop_process(proc, timeout=30)
     # Distinct: a member that replays from its last snapshot (after a rebalance) re-sends
