@@ -67,9 +67,25 @@ def _log_slow(
         (took - folding - alerting) * 1000,
         ", ".join(f"{n} of {topic}" for topic, n in sorted(topics.items())),
         waited * 1000,
-        sum(len(out.transitions) for out in outs),
+        sum(len(out.changes) for out in outs),
         sum(len(out.closed) for out in outs),
         sum(len(out.partials) for out in outs),
+    )
+
+
+def _log_alerts(batch: Batch, sent: int, taken: float, folding: float, sending: float) -> None:
+    """How long a batch that changed alerts took from its records' producers to the broker:
+    what an operator asks when an alert seems late."""
+    stamps = [r.timestamp for records in batch.values() for r in records]
+    log.info(
+        "%d alert transitions out of %d records: their newest record produced %d ms and their "
+        "oldest %d ms before the batch was taken up; folded in %d ms, sent in %d ms",
+        sent,
+        len(stamps),
+        taken * 1000 - max(stamps),
+        taken * 1000 - min(stamps),
+        folding * 1000,
+        sending * 1000,
     )
 
 
@@ -171,7 +187,8 @@ class RulesHandler:
         self.in_batch = True
         began = time.perf_counter()
         # How long the oldest record waited between its producer and this handler.
-        waited = time.time() - min(
+        taken = time.time()
+        waited = taken - min(
             (records[0].timestamp / 1000 for records in batch.values() if records), default=0
         )
         try:
@@ -197,8 +214,10 @@ class RulesHandler:
                     out = task.process(self.defs, [r.value or b"" for r in fresh])
                 done.append((tp, out, fresh))
             folded = time.perf_counter()
-            await self._emit_alerts(done)
+            sent = await self._emit_alerts(done)
             alerted = time.perf_counter()
+            if sent:
+                _log_alerts(batch, sent, taken, folded - began, alerted - folded)
             for _, out, fresh in done:
                 await self._emit_rest(out, fresh)
             took = time.perf_counter() - began
@@ -213,16 +232,15 @@ class RulesHandler:
         finally:
             self.in_batch = False
 
-    async def _emit_alerts(self, done: list[tuple[TopicPartition, Output, Sequence[Any]]]) -> None:
-        topics = self.topics
-        pending = self.pending
-        prompt = self.prompt
-        transitions = [t for _, out, _ in done for t in out.transitions]
+    async def _emit_alerts(self, done: list[tuple[TopicPartition, Output, Sequence[Any]]]) -> int:
+        """Send the batch's alert transitions and wait until the broker has them; how many."""
+        transitions = [record for _, out, _ in done for record in out.transition_records()]
         if transitions:
-            pending += await prompt.send(topics.alerts, [(t.key, encode(t)) for t in transitions])
+            self.pending += await self.prompt.send(self.topics.alerts, transitions)
             # Out now: the loop is busy with this batch's other outputs until it ends, and the
             # producer's sender would wait for it.
-            await prompt.producer.flush()
+            await self.prompt.producer.flush()
+        return len(transitions)
 
     async def _emit_rest(self, out: Output, records: Sequence[Any]) -> None:
         topics = self.topics

@@ -29,6 +29,7 @@ import orjson
 from pydantic import ValidationError
 
 from rules import core
+from rules.alerts import Change
 from rules.indicators import Aggregation, Catalogue, Indicator, Profile, Source
 from rules.windows import (
     Judge,
@@ -157,12 +158,21 @@ Closed = tuple[Judge, str, int, float, int]  # judge, scope, window start ms, va
 class Output:
     """What a batch makes a task emit."""
 
-    transitions: list[AlertTransition] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)  # alert transitions
     closed: list[Closed] = field(default_factory=list)  # device-scope windows closed
     partials: list[WindowPartial] = field(default_factory=list)
     marks: list[SourceMark] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (record index, reason)
     late: int = 0
+
+    @property
+    def transitions(self) -> list[AlertTransition]:
+        """The record of each alert transition, built when asked for, as ``values``."""
+        return [change.model() for change in self.changes]
+
+    def transition_records(self) -> list[tuple[bytes, bytes]]:
+        """``transitions`` as the keys and bytes the consumer sends, built without the models."""
+        return [change.record() for change in self.changes]
 
     @property
     def values(self) -> list[IndicatorValue]:
@@ -200,7 +210,7 @@ class Scopes:
         zero = judge.indicator.aggregation in ZERO_WHEN_EMPTY and state.value != 0
         if zero and state.last_end_ms is not None and state.last_end_ms < start:
             self.close(defs, code, scope_id, state.last_end_ms, 0.0, 0, out)  # the gap counts 0
-        observe(judge, scope_id, state, start, value, out.transitions)
+        observe(judge, scope_id, state, start, value, out.changes)
         out.closed.append((judge, scope_id, start, value, samples))
         self._wake(self._due(judge, state))
 
@@ -228,7 +238,7 @@ class Scopes:
                     assert state.last_end_ms is not None
                     if state.last_end_ms + judge.window_ms <= clock:  # no tickets: a zero
                         self.close(defs, code, scope_id, state.last_end_ms, 0.0, 0, out)
-                advance(judge, scope_id, state, clock, out.transitions)
+                advance(judge, scope_id, state, clock, out.changes)
                 due = self._due(judge, state)
             self._wake(due)
 
@@ -638,12 +648,12 @@ def replay(
         source = next(kind for kind, name in sources.items() if name == topic)
         task = SourceTask(topic, partition, partitions[topic], source)
         out = task.process(defs, records)
-        total.transitions += out.transitions
+        total.changes += out.changes
         total.closed += out.closed
         total.late += out.late
         feed += [p.model_dump_json().encode() for p in out.partials]
         feed += [m.model_dump_json().encode() for m in out.marks]
     out = rollup.process(defs, feed)
-    total.transitions += out.transitions
+    total.changes += out.changes
     total.closed += out.closed
     return total

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rules import core
+from rules.alerts import Change
 from rules.indicators import Indicator
 from rules.windows import Judge, ScopeState, advance, observe
 from schemas.alerts import AlertTransition
@@ -39,7 +40,7 @@ def preview(
     )
     ranks = core.levels(indicator, windows.value)
     judge = Judge.of(indicator, stale_factor=None)  # history has gaps by design: no staleness
-    transitions: list[AlertTransition] = []
+    changes: list[Change] = []
     states: dict[int, ScopeState] = {}
     n = len(windows)
     until = int(windows.start.max()) + judge.window_ms if n else 0
@@ -54,12 +55,12 @@ def preview(
         row = hit
         while True:
             start, level = int(windows.start[row]), float(windows.value[row])
-            observe(judge, scope_ids[s], state, start, level, transitions)
+            observe(judge, scope_ids[s], state, start, level, changes)
             row += 1
             if state.idle() or row >= n or int(windows.scope[row]) != s:
                 break
         if row >= n or int(windows.scope[row]) != s:
-            advance(judge, scope_ids[s], state, until, transitions)  # time runs to the range end
+            advance(judge, scope_ids[s], state, until, changes)  # time runs to the range end
         states[s] = state
         done = row - 1
-    return Preview(windows, ranks, transitions)
+    return Preview(windows, ranks, [change.model() for change in changes])

@@ -29,15 +29,12 @@ from datetime import datetime
 from functools import lru_cache
 
 import orjson
-from pydantic import TypeAdapter
 
-from rules.alerts import OpenAlert, alert_id_for, at_ms, transition
+from rules.alerts import Change, OpenAlert, alert_id_for, at_ms, instant_text
 from rules.indicators import Direction, Indicator
-from schemas.alerts import AlertTransition, Condition, Level, TransitionKind
-from schemas.base import UtcDatetime
+from schemas.alerts import Condition, Level, TransitionKind
+from schemas.base import uuid_text
 from schemas.indicator_values import IndicatorValue, value_id_hex, value_id_hex_of
-
-_INSTANT: TypeAdapter[datetime] = TypeAdapter(UtcDatetime)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +108,7 @@ def _window(start_ms: int, window_ms: int) -> tuple[datetime, datetime, str, str
     """A window's start, end, start in ISO 8601, and start and end as the contract writes them
     in JSON: shared by every scope closing it."""
     start, end = at_ms(start_ms), at_ms(start_ms + window_ms)
-    text = _INSTANT.dump_python(start, mode="json"), _INSTANT.dump_python(end, mode="json")
-    return start, end, start.isoformat(), *text
+    return start, end, start.isoformat(), instant_text(start), instant_text(end)
 
 
 def indicator_value(
@@ -149,7 +145,7 @@ def value_record(
     key = judge.scope + scope_id
     h = value_id_hex_of(f"{key}|{start_iso}")
     body = {
-        "value_id": f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}",
+        "value_id": uuid_text(h),
         "indicator": indicator.code,
         "scope_level": indicator.scope_level,
         "scope_id": scope_id,
@@ -174,7 +170,7 @@ def observe(
     state: ScopeState,
     start_ms: int,
     value: float,
-    out: list[AlertTransition],
+    out: list[Change],
 ) -> None:
     """Apply one closed window (windows of a scope in event-time order); append transitions."""
     end = start_ms + judge.window_ms
@@ -190,7 +186,7 @@ def observe(
     if state.no_data is not None:
         back = replace(state.no_data, seq=state.no_data.seq + 1)
         out.append(
-            transition(
+            Change(
                 indicator,
                 scope_id,
                 back,
@@ -199,7 +195,7 @@ def observe(
                 None,
                 value,
                 None,
-                at_ms(end),
+                end,
                 Condition.NO_DATA,
             )
         )
@@ -233,7 +229,7 @@ def observe(
         if 0 < to < current:
             changed = state.open = replace(alert, level=judge.levels[to - 1], seq=alert.seq + 1)
             out.append(
-                transition(
+                Change(
                     indicator,
                     scope_id,
                     changed,
@@ -242,7 +238,7 @@ def observe(
                     changed.level,
                     value,
                     judge.thresholds[to - 1],
-                    at_ms(end),
+                    end,
                 )
             )
     advance(judge, scope_id, state, end, out)
@@ -270,7 +266,7 @@ def next_due(judge: Judge, state: ScopeState) -> int | None:
 
 
 def advance(
-    judge: Judge, scope_id: str, state: ScopeState, clock_ms: int, out: list[AlertTransition]
+    judge: Judge, scope_id: str, state: ScopeState, clock_ms: int, out: list[Change]
 ) -> None:
     """Let event time pass up to ``clock_ms``: fire, escalate, resolve or go stale as due."""
     indicator = judge.indicator
@@ -294,7 +290,7 @@ def advance(
                     occurrences=1,
                 )
                 out.append(
-                    transition(
+                    Change(
                         indicator,
                         scope_id,
                         state.open,
@@ -303,13 +299,13 @@ def advance(
                         level,
                         state.value,
                         threshold,
-                        opened,
+                        when,
                     )
                 )
             else:
                 state.open = replace(alert, level=level, seq=alert.seq + 1)
                 out.append(
-                    transition(
+                    Change(
                         indicator,
                         scope_id,
                         state.open,
@@ -318,13 +314,13 @@ def advance(
                         level,
                         state.value,
                         threshold,
-                        at_ms(when),
+                        when,
                     )
                 )
         elif state.open is not None and state.clear_due == when:
             closed = replace(state.open, seq=state.open.seq + 1)
             out.append(
-                transition(
+                Change(
                     indicator,
                     scope_id,
                     closed,
@@ -333,7 +329,7 @@ def advance(
                     None,
                     state.value,
                     indicator.clear_threshold,
-                    at_ms(when),
+                    when,
                 )
             )
             state.open = None
@@ -352,7 +348,7 @@ def advance(
             )
             quiet = judge.stale_ms / 1000
             out.append(
-                transition(
+                Change(
                     indicator,
                     scope_id,
                     state.no_data,
@@ -361,7 +357,7 @@ def advance(
                     None,
                     quiet,
                     quiet,
-                    opened,
+                    when,
                     Condition.NO_DATA,
                 )
             )

@@ -3,18 +3,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from datetime import datetime
 
 from pydantic import Field
 
 from schemas.alerts import Level, ScopeLevel
-from schemas.base import Code, Contract, Number, UtcDatetime
+from schemas.base import Code, Contract, Number, UtcDatetime, uuid5_hex
 
 _VALUE_NS = uuid.UUID("9b0f3c52-6d7e-4e8a-a1c4-3e5d2f7b8a90").bytes
-_VERSION_MASK = ~((0xF000 << 64) | (0xC000 << 48))
-_VERSION_5 = (0x5000 << 64) | (0x8000 << 48)  # version 5, RFC 4122 variant
 
 
 def value_id_for(
@@ -33,8 +30,7 @@ def value_id_hex(indicator: str, scope_level: ScopeLevel, scope_id: str, start_i
 
 def value_id_hex_of(name: str) -> str:
     """``value_id_hex`` of its name, ``indicator|scope level|scope id|window start``."""
-    digest = hashlib.sha1(_VALUE_NS + name.encode()).digest()
-    return f"{int.from_bytes(digest[:16]) & _VERSION_MASK | _VERSION_5:032x}"
+    return uuid5_hex(_VALUE_NS, name)
 
 
 class IndicatorValue(Contract):

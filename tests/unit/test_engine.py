@@ -146,7 +146,7 @@ def live(defs: Definitions, logs: Logs, seed: int, rollups: int = 2) -> Output:
                 snapshot = (i, pickle.dumps(task))  # state and offset committed together
             elif roll < 0.4:
                 i, task = snapshot[0], pickle.loads(snapshot[1])  # crash: back to the snapshot
-            total.transitions.extend(yield_out.transitions)
+            total.changes.extend(yield_out.changes)
             total.closed.extend(yield_out.closed)
 
     def stage1(task: SourceTask, batch: list[tuple[bytes, bool]]) -> Output:

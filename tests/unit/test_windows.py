@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from rules.alerts import Change, OpenAlert, alert_id_for, at_ms
 from rules.indicators import Indicator
 from rules.windows import Judge, ScopeState, advance, indicator_value, observe, value_record
 from schemas.alerts import AlertTransition, Condition, Level, ScopeLevel, TransitionKind
@@ -39,13 +40,13 @@ def run(
 ) -> tuple[ScopeState, list[AlertTransition]]:
     """Feed one window per minute (None: a minute with no data), then let time run on."""
     judge = Judge.of(indicator)
-    state, out = ScopeState(), list[AlertTransition]()
+    state, out = ScopeState(), list[Change]()
     for minute, value in enumerate(values):
         if value is not None:
             observe(judge, "dev-1", state, minute * MINUTE, value, out)
     if until_minute is not None:
         advance(judge, "dev-1", state, until_minute * MINUTE, out)
-    return state, out
+    return state, [change.model() for change in out]
 
 
 def kinds(out: list[AlertTransition]) -> list[tuple[TransitionKind, Level | None]]:
@@ -91,8 +92,8 @@ def test_advancing_in_steps_equals_advancing_at_once() -> None:
     judge = Judge.of(depth(for_seconds=300, clear_for_seconds=120, expected_every_seconds=60))
     values = [12, 25, None, 35, 60, None, None, 2, 2, None, None, None, None, None, None, 40]
     once, stepped = ScopeState(), ScopeState()
-    out_once: list[AlertTransition] = []
-    out_stepped: list[AlertTransition] = []
+    out_once: list[Change] = []
+    out_stepped: list[Change] = []
     for minute, value in enumerate(values):
         if value is not None:
             observe(judge, "d", once, minute * MINUTE, value, out_once)
@@ -134,8 +135,9 @@ def test_a_quiet_feed_raises_a_no_data_alert_and_data_resolves_it() -> None:
     assert minutes(out) == [1, 6]  # last window ended at 2, + 4 minutes
     assert out[1].level is None
     assert state.open is not None  # the threshold alert stays open: nobody knows better
-    back: list[AlertTransition] = []
-    observe(Judge.of(indicator), "dev-1", state, 20 * MINUTE, 2.0, back)
+    changes: list[Change] = []
+    observe(Judge.of(indicator), "dev-1", state, 20 * MINUTE, 2.0, changes)
+    back = [change.model() for change in changes]
     assert [(t.kind, t.condition) for t in back] == [
         (TransitionKind.RESOLVED, Condition.NO_DATA),
         (TransitionKind.RESOLVED, Condition.THRESHOLD),
@@ -230,6 +232,51 @@ def test_value_record_is_the_models_key_and_bytes() -> None:
             ), value
 
 
+def test_a_changes_record_is_its_models_key_and_bytes() -> None:
+    """The engine sends ``Change.record``; the writer and every reader parse the contract."""
+    rng = random.Random(11)
+    instants = [0, 1, 1_500, 2 * MINUTE, 1_782_864_000_123, 4_102_444_800_000]
+    numbers = [0.0, -0.0, 1e-7, 0.1, 19.999, 1e16, 1.7e308, -3.25e-300, 123456.789]
+    numbers += [rng.uniform(-1e6, 1e6) for _ in range(200)]
+    levels: list[Level | None] = [None, *Level]
+    for i, value in enumerate(numbers):
+        indicator = depth(scope_level=rng.choice(list(ScopeLevel)))
+        opened = at_ms(rng.choice(instants))
+        condition = rng.choice(list(Condition))
+        alert = OpenAlert(
+            alert_id_for(indicator.code, indicator.scope_level, f"s-{i}", opened, condition),
+            opened,
+            rng.choice(levels),
+            rng.randrange(1, 10**6),
+            rng.randrange(1, 10**6),
+        )
+        change = Change(
+            indicator,
+            f"s-{i}",
+            alert,
+            rng.choice(list(TransitionKind)),
+            rng.choice(levels),
+            rng.choice(levels),
+            value,
+            rng.choice([None, rng.choice(numbers)]),
+            rng.choice(instants) + rng.randrange(0, 1000),
+            condition,
+        )
+        model = change.model()
+        assert change.record() == (model.key, encode(model)), change
+
+
+def test_a_change_with_a_value_json_cannot_carry_is_refused() -> None:
+    """The model would write NaN or infinity as null, which no reader of the topic accepts."""
+    alert = OpenAlert(uuid.uuid4(), at_ms(0), Level.RED, 1, 1)
+    for bad in [float("nan"), float("inf"), float("-inf")]:
+        for value, threshold in [(bad, 1.0), (1.0, bad)]:
+            change = Change(depth(), "d", alert, TransitionKind.FIRING, None, Level.RED, value,
+                            threshold, 0)  # fmt: skip
+            with pytest.raises(ValueError, match="a value of"):
+                change.record()
+
+
 def test_value_record_refuses_what_the_contract_refuses() -> None:
     for value in [float("nan"), float("inf"), float("-inf")]:
         with pytest.raises(ValueError, match="window's value"):
@@ -252,15 +299,16 @@ def test_preview_equals_stepping_every_window() -> None:
     ids = [f"dev-{i}" for i in range(5)]
     fast = preview(indicator, ids, scope, ts, value)
     windows = core.aggregate(scope, ts, value, MINUTE, indicator.aggregation)
-    slow: list[AlertTransition] = []
+    changes: list[Change] = []
     states: dict[int, ScopeState] = {}
     for i in range(len(windows)):
         s = int(windows.scope[i])
         state = states.setdefault(s, ScopeState())
-        observe(judge, ids[s], state, int(windows.start[i]), float(windows.value[i]), slow)
+        observe(judge, ids[s], state, int(windows.start[i]), float(windows.value[i]), changes)
     until = int(windows.start.max()) + MINUTE
     for s, state in sorted(states.items()):
-        advance(judge, ids[s], state, until, slow)
+        advance(judge, ids[s], state, until, changes)
+    slow = [change.model() for change in changes]
     assert len(slow) > 20
     key = lambda t: (t.scope_id, t.observed_at, t.seq)  # noqa: E731
     assert sorted(fast.transitions, key=key) == sorted(slow, key=key)
