@@ -327,3 +327,47 @@ def test_a_reloaded_window_size_starts_open_windows_afresh() -> None:
     out = task.process(Definitions(wider), [tick(T0 + 10 * MINUTE)])
     # The one-minute window holding 40 cm was dropped, not closed as a two-minute one.
     assert not [v for v in out.values if v.indicator == "water.depth"]
+
+
+def test_saves_are_spread_over_the_commit_interval() -> None:
+    """Seven busy tasks, commit every second, the loop asking every 10 ms: each task is saved
+    about once a second, one at a time, never two within a seventh of a second."""
+    import itertools
+
+    from aiokafka import TopicPartition
+
+    from rules.consumer import due_saves
+
+    tasks = [TopicPartition("readings", p) for p in range(7)]
+    snapshot_at = dict.fromkeys(tasks, 0.0)
+    saves: list[tuple[float, TopicPartition]] = []
+    saved_at = 0.0
+    for step in range(1, 1001):
+        now = step / 100
+        due = due_saves(
+            set(tasks), snapshot_at, saved_at=saved_at, tasks=len(tasks), commit=1.0, now=now
+        )
+        assert len(due) <= 1
+        for tp in due:
+            saves.append((now, tp))
+            snapshot_at[tp] = saved_at = now
+    times = [t for t, _ in saves]
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 1 / 7 - 1e-9
+    for tp in tasks:
+        mine = [0.0, *(t for t, saved in saves if saved == tp)]
+        gaps = [b - a for a, b in itertools.pairwise(mine)]
+        assert len(mine) >= 9, (tp, gaps)
+        assert max(gaps) < 2.0, (tp, gaps)
+        assert all(gap < 1.2 for gap in gaps[1:]), (tp, gaps)  # staggered after the first
+    # Between batches (a tick every 5 s dirtying all nine tasks of a quiet engine, the ticker
+    # asking every second), every due task goes at once: all are saved before the next tick.
+    snapshot_at = dict.fromkeys(tasks, 0.0)
+    for second in range(1, 30):
+        dirty = set(tasks) if second % 5 == 1 else set()
+        due = due_saves(dirty, snapshot_at, saved_at=0, tasks=7, commit=1.0, now=second + 0.5,
+                        paced=False)  # fmt: skip
+        assert due == dirty, second
+        snapshot_at.update(dict.fromkeys(due, second + 0.5))
+    # A task with nothing new is not saved; with commit 0, every unsaved task at once.
+    assert due_saves(set(), snapshot_at, saved_at=0, tasks=7, commit=1.0, now=99) == set()
+    assert due_saves(set(tasks), {}, saved_at=9, tasks=7, commit=0, now=9) == set(tasks)
