@@ -173,6 +173,13 @@ class WriterSettings(_Section):
         "than the alerts role: on a busy machine an alert's few rows go first, and the bulk "
         "catches up when it is idle.",
     )
+    nice_database_backends: bool = Field(
+        default=False,
+        description="PostgreSQL runs on this host (the local stack sets this): give the "
+        "readings and events roles' database backends the roles' niceness too, so the COPY "
+        "work they hand PostgreSQL also yields to alerts. Leave it off for a database on "
+        "another host: a backend's process id would name some other local process.",
+    )
     bulk_fetch_max_wait_ms: int = Field(
         default=500,
         ge=0,

@@ -204,6 +204,8 @@ class LocalStack:
         env["CITY_VITALS_LOCAL__GATEWAY_KEY"] = self.gateway_key
         env["CITY_VITALS_KAFKA__BOOTSTRAP_SERVERS"] = self.bootstrap
         env["CITY_VITALS_DB__URL"] = db_url
+        if self.postgres:  # on this host: the writer's bulk roles may renice their backends
+            env["CITY_VITALS_WRITER__NICE_DATABASE_BACKENDS"] = "true"
         env["PYTHONUNBUFFERED"] = "1"
         if self.mosquitto:
             env["CITY_VITALS_MQTT__HOST"] = "127.0.0.1"

@@ -161,6 +161,45 @@ def test_a_record_postgresql_refuses_is_dead_lettered_and_the_rest_stored(
     assert "refuse_666" in letters[0].reason
 
 
+def water_alert(scope_id: str, start: datetime) -> list[AlertTransition]:
+    """One alert's life: firing blue, then red, then resolved."""
+    alert = uuid.uuid5(uuid.NAMESPACE_URL, scope_id)
+    return [
+        AlertTransition(
+            transition_id=uuid.uuid5(alert, str(seq)),
+            alert_id=alert,
+            seq=seq,
+            kind=kind,
+            indicator="water.depth",
+            scope_level=ScopeLevel.DEVICE,
+            scope_id=scope_id,
+            level=level,
+            previous_level=previous,
+            value=float(seq),
+            threshold=10.0,
+            occurrences=seq,
+            opened_at=start,
+            observed_at=start + timedelta(minutes=seq),
+        )
+        for seq, kind, level, previous in (
+            (1, TransitionKind.FIRING, Level.BLUE, None),
+            (2, TransitionKind.LEVEL_CHANGED, Level.RED, Level.BLUE),
+            (3, TransitionKind.RESOLVED, None, Level.RED),
+        )
+    ]
+
+
+def as_records(
+    topic: str, first: int, models: list[Any], partition: int = 0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    return [
+        ConsumerRecord(
+            topic, partition, first + i, 1_782_000_000_000, 0, None, encode(m), None, 0, 0, ()
+        )
+        for i, m in enumerate(models)
+    ]
+
+
 def test_values_and_transitions_re_emitted_under_new_offsets_are_stored_once(
     broker: LocalBroker, postgres: LocalPostgres
 ) -> None:
@@ -191,38 +230,7 @@ def test_values_and_transitions_re_emitted_under_new_offsets_are_stored_once(
         )
         for i in range(3)
     ]
-    alert = uuid.uuid4()
-    transitions = [
-        AlertTransition(
-            transition_id=uuid.uuid5(alert, str(seq)),
-            alert_id=alert,
-            seq=seq,
-            kind=kind,
-            indicator="water.depth",
-            scope_level=ScopeLevel.DEVICE,
-            scope_id="wl-1",
-            level=level,
-            previous_level=previous,
-            value=float(seq),
-            threshold=10.0,
-            occurrences=seq,
-            opened_at=start,
-            observed_at=start + timedelta(minutes=seq),
-        )
-        for seq, kind, level, previous in (
-            (1, TransitionKind.FIRING, Level.BLUE, None),
-            (2, TransitionKind.LEVEL_CHANGED, Level.RED, Level.BLUE),
-            (3, TransitionKind.RESOLVED, None, Level.RED),
-        )
-    ]
-
-    def as_records(topic: str, first: int, models: list[Any]) -> list[ConsumerRecord[bytes, bytes]]:
-        return [
-            ConsumerRecord(
-                topic, 0, first + i, 1_782_000_000_000, 0, None, encode(m), None, 0, 0, ()
-            )
-            for i, m in enumerate(models)
-        ]
+    transitions = water_alert("wl-1", start)
 
     vtp, atp = TopicPartition(topics.indicator_values, 0), TopicPartition(topics.alerts, 0)
 
@@ -285,3 +293,55 @@ def test_stored_readings_mark_their_minute_buckets_for_the_rollups(
         assert marks == []  # continuous aggregates track their own changes
     else:
         assert marks == [("readings_1m", t0 + timedelta(minutes=m)) for m in range(3)]
+
+
+def test_alert_batches_are_fenced_and_stored_once(
+    broker: LocalBroker, postgres: LocalPostgres
+) -> None:
+    """The alerts role writes a batch as one pipeline: a stale member is still fenced and
+    keeps nothing, a re-emitted transition is stored once, and each alert ends at its last."""
+    url = fresh_database(postgres)
+    settings = writer_settings(url, broker, "alerts-fence-test")
+    topic = settings.kafka.topics.alerts
+    tp0, tp1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    start = datetime(2026, 7, 1, tzinfo=UTC)
+    one, two = water_alert("wl-1", start), water_alert("wl-2", start)
+
+    def transitions_of(scope_id: str) -> int:
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM alert_transitions WHERE scope_id = %s", (scope_id,)
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def scenario() -> None:
+        producer = make_producer(settings.kafka)
+        await producer.start()
+        try:
+            a = WriterHandler(settings, None, producer)
+            b = WriterHandler(settings, None, producer)
+            await a.handle(
+                {tp0: as_records(topic, 0, one[:2]), tp1: as_records(topic, 0, two[:1], 1)}
+            )
+            # B now owns partition 0; a restarted engine re-emitted the first two, then the third.
+            await b.handle({tp0: as_records(topic, 2, one)})
+            with pytest.raises(Fenced):
+                await a.handle(
+                    {tp0: as_records(topic, 2, one[2:]), tp1: as_records(topic, 1, two[1:], 1)}
+                )
+            assert transitions_of("wl-2") == 1, "part of a fenced batch was kept"
+            await b.handle({tp1: as_records(topic, 1, two[1:], 1)})
+            assert await a.assigned({tp0, tp1}) == {tp0: 5, tp1: 3}
+            for handler in (a, b):
+                if handler.conn is not None:
+                    await handler.conn.close()
+        finally:
+            await producer.stop()
+
+    asyncio.run(scenario())
+    assert transitions_of("wl-1") == transitions_of("wl-2") == 3
+    with psycopg.connect(url) as conn:
+        assert conn.execute(
+            "SELECT scope_id, status, peak_level, occurrences, last_seq FROM alerts ORDER BY 1"
+        ).fetchall() == [("wl-1", "resolved", "red", 3, 3), ("wl-2", "resolved", "red", 3, 3)]
