@@ -195,6 +195,13 @@ class LocalPostgres:
                     "unix_socket_directories=",
                     "-c",
                     "max_connections=200",
+                    # A stream of COPYs fills the default 1 GB of WAL in under two minutes
+                    # at 15,000 readings/s, and every checkpoint that forces starts the
+                    # full-page images over: checkpoint on time, not on WAL volume.
+                    "-c",
+                    "max_wal_size=4GB",
+                    "-c",
+                    "checkpoint_timeout=15min",
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
