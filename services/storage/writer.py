@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -229,20 +230,53 @@ SELECT * FROM unnest({", ".join(f"%s::{t}[]" for t in TRANSITION_TYPES)})
 ON CONFLICT DO NOTHING
 """
 
-# Later transitions win; a redelivered older one changes nothing.
-UPSERT_ALERT = """
-INSERT INTO alerts (
-    alert_id, indicator, scope_level, scope_id, condition, status, level, peak_level, value,
-    threshold, occurrences, opened_at, updated_at, resolved_at, last_seq)
-VALUES (%(alert_id)s, %(indicator)s, %(scope_level)s, %(scope_id)s, %(condition)s, %(status)s,
-        %(level)s, %(peak_level)s, %(value)s, %(threshold)s, %(occurrences)s, %(opened_at)s,
-        %(observed_at)s, %(resolved_at)s, %(seq)s)
+ALERT_COLUMNS = (
+    "alert_id",
+    "indicator",
+    "scope_level",
+    "scope_id",
+    "condition",
+    "status",
+    "level",
+    "peak_level",
+    "value",
+    "threshold",
+    "occurrences",
+    "opened_at",
+    "updated_at",
+    "resolved_at",
+    "last_seq",
+)
+ALERT_TYPES = (
+    "uuid",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "float8",
+    "float8",
+    "int4",
+    "timestamptz",
+    "timestamptz",
+    "timestamptz",
+    "int4",
+)
+PEAK_ORDER = ("blue", "yellow", "orange", "red")
+
+# One row per alert (see alert_rows), in one statement. Later transitions win; a redelivered
+# older one changes nothing.
+UPSERT_ALERTS = f"""
+INSERT INTO alerts ({", ".join(ALERT_COLUMNS)})
+SELECT * FROM unnest({", ".join(f"%s::{t}[]" for t in ALERT_TYPES)})
 ON CONFLICT (alert_id) DO UPDATE SET
     status = EXCLUDED.status,
     level = EXCLUDED.level,
     peak_level = CASE
-        WHEN array_position(ARRAY['blue', 'yellow', 'orange', 'red'], EXCLUDED.peak_level)
-           > array_position(ARRAY['blue', 'yellow', 'orange', 'red'], alerts.peak_level)
+        WHEN array_position(ARRAY{list(PEAK_ORDER)}, EXCLUDED.peak_level)
+           > array_position(ARRAY{list(PEAK_ORDER)}, alerts.peak_level)
         THEN EXCLUDED.peak_level ELSE alerts.peak_level END,
     value = EXCLUDED.value,
     threshold = EXCLUDED.threshold,
@@ -288,15 +322,41 @@ def minutes_of(rows: list[tuple[object, ...]]) -> list[datetime]:
     return [datetime.fromtimestamp(m * 60, UTC) for m in sorted(minutes)]
 
 
-def alert_params(t: AlertTransition) -> dict[str, object]:
-    """Parameters for the transition insert and the alert upsert."""
-    peak = t.level or t.previous_level
-    return {
-        **t.model_dump(mode="python"),
-        "status": "resolved" if t.kind is TransitionKind.RESOLVED else "firing",
-        "peak_level": peak.value if peak else None,
-        "resolved_at": t.observed_at if t.level is None else None,
-    }
+def alert_rows(transitions: list[AlertTransition]) -> list[list[object]]:
+    """The alert upsert's columns (``ALERT_COLUMNS``): one row per alert, from its latest
+    transition in the batch, with the highest level any of them reached. Upserting that row
+    leaves the alert as upserting each transition in order would (an upsert only ever moves
+    an alert on to a later transition and keeps its peak), in one statement instead of one a
+    transition: a storm's first window close brings hundreds at once."""
+    latest: dict[uuid.UUID, AlertTransition] = {}
+    peak: dict[uuid.UUID, int] = {}
+    for t in transitions:
+        if t.alert_id not in latest or t.seq > latest[t.alert_id].seq:
+            latest[t.alert_id] = t
+        reached = t.level or t.previous_level
+        rank = PEAK_ORDER.index(reached.value) if reached else -1
+        peak[t.alert_id] = max(rank, peak.get(t.alert_id, -1))
+    rows = [
+        (
+            t.alert_id,
+            t.indicator,
+            t.scope_level.value,
+            t.scope_id,
+            t.condition.value,
+            "resolved" if t.kind is TransitionKind.RESOLVED else "firing",
+            t.level.value if t.level else None,
+            PEAK_ORDER[peak[t.alert_id]] if peak[t.alert_id] >= 0 else None,
+            t.value,
+            t.threshold,
+            t.occurrences,
+            t.opened_at,
+            t.observed_at,
+            t.observed_at if t.level is None else None,
+            t.seq,
+        )
+        for t in latest.values()
+    ]
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def transition_row(t: AlertTransition) -> tuple[object, ...]:
@@ -621,9 +681,7 @@ class WriterHandler:
                     cur, "staging_transitions", TRANSITION_COLUMNS, TRANSITION_TYPES, rows
                 )
                 await cur.execute(MOVE_TRANSITIONS)
-                # One statement per transition, in order (each must see the one before it),
-                # sent as one pipeline: a burst of transitions costs one round trip.
-                await cur.executemany(UPSERT_ALERT, [alert_params(t) for t in decoded.transitions])
+                await cur.execute(UPSERT_ALERTS, alert_rows(decoded.transitions))
         if decoded.transitions:
             self._log_transitions(batch, len(decoded.transitions), began)
 
@@ -660,8 +718,7 @@ class WriterHandler:
                 if records
             ]
             await conn.execute(INSERT_TRANSITIONS, columns)
-            upserts = conn.cursor()
-            await upserts.executemany(UPSERT_ALERT, [alert_params(t) for t in transitions])
+            await conn.execute(UPSERT_ALERTS, alert_rows(transitions))
             await pipeline.sync()
             for tp, first, cur in advanced:
                 if cur.rowcount != 1:
