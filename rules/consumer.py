@@ -443,9 +443,14 @@ async def watch_definitions(settings: Settings, handler: RulesHandler, stop: asy
 
     seen = -1
     url = settings.db.url.get_secret_value()
-    while not stop.is_set():
-        try:
-            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+    conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None  # kept between polls
+    try:
+        while not stop.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = await psycopg.AsyncConnection.connect(
+                        url, autocommit=True, connect_timeout=5
+                    )
                 at = await store.version(conn)
                 if at != seen:
                     at, catalogue = await store.current(conn)
@@ -468,7 +473,13 @@ async def watch_definitions(settings: Settings, handler: RulesHandler, stop: asy
                             ",".join(sorted(active)) or "none",
                         )
                     seen = at
-        except (psycopg.Error, OSError) as exc:
-            log.warning("definitions poll failed, keeping the current ones: %s", exc)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), settings.rules.definitions_poll_seconds)
+            except (psycopg.Error, OSError) as exc:
+                log.warning("definitions poll failed, keeping the current ones: %s", exc)
+                if conn is not None:
+                    await conn.close()
+                conn = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.rules.definitions_poll_seconds)
+    finally:
+        if conn is not None:
+            await conn.close()
