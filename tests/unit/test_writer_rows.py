@@ -41,8 +41,9 @@ def upsert(stored: dict[str, object] | None, row: dict[str, object]) -> dict[str
 
 
 def rows(transitions: list[AlertTransition]) -> list[dict[str, object]]:
-    columns = alert_rows(transitions)
-    return [dict(zip(ALERT_COLUMNS, values, strict=True)) for values in zip(*columns, strict=True)]
+    found = alert_rows(transitions)
+    assert all(list(row) == list(ALERT_COLUMNS) for row in found)
+    return found
 
 
 def life(rng: random.Random, alert: uuid.UUID, no_data: bool) -> list[AlertTransition]:
