@@ -345,3 +345,49 @@ def test_alert_batches_are_fenced_and_stored_once(
         assert conn.execute(
             "SELECT scope_id, status, peak_level, occurrences, last_seq FROM alerts ORDER BY 1"
         ).fetchall() == [("wl-1", "resolved", "red", 3, 3), ("wl-2", "resolved", "red", 3, 3)]
+
+
+def test_an_alert_transition_with_a_non_finite_number_is_dead_lettered_not_altered(
+    broker: LocalBroker, postgres: LocalPostgres
+) -> None:
+    """NaN and infinity pass the JSON contract but have no JSON form to store by; the writer
+    refuses them with a reason instead of storing a null, and stores the rest of the batch."""
+    url = fresh_database(postgres)
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        db=DatabaseSettings(url=SecretStr(url)),
+        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=prefix),
+        writer=WriterSettings(consumer_group="finite-test"),
+    )
+    topic = settings.kafka.topics.alerts
+    start = datetime(2026, 7, 1, tzinfo=UTC)
+    good, bad = water_alert("wl-ok", start)[:1], water_alert("wl-inf", start)[:1]
+    records = as_records(topic, 0, good + bad)
+    assert records[1].value is not None
+    records[1].value = records[1].value.replace(b'"threshold":10.0', b'"threshold":Infinity')
+
+    async def scenario() -> None:
+        await ensure_topics(settings.kafka)
+        producer = make_producer(settings.kafka)
+        await producer.start()
+        try:
+            writer = WriterHandler(settings, None, producer)
+            await writer.handle({TopicPartition(topic, 0): records})
+            assert await writer.assigned({TopicPartition(topic, 0)}) == {
+                TopicPartition(topic, 0): 2
+            }
+            assert writer.conn is not None
+            await writer.conn.close()
+        finally:
+            await producer.stop()
+
+    asyncio.run(scenario())
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT scope_id FROM alert_transitions").fetchall() == [("wl-ok",)]
+    (letter,) = [
+        DeadLetter.model_validate_json(v)
+        for v in read_topic(
+            settings.kafka, settings.kafka.topics.dead_letter, at_least=1, timeout=5
+        )
+    ]
+    assert (letter.offset, letter.reason) == (1, "value and threshold must be finite")
