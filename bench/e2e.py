@@ -41,7 +41,7 @@ from bench.scratch import scratch
 from rules.indicators import Catalogue
 from services.config import ApiSettings, IngestSettings, LocalSettings, Settings
 from services.local.processes import free_port, stop_process
-from services.local.stack import LocalStack, register_simulated_devices
+from services.local.stack import LocalStack
 
 
 class Run:
@@ -52,7 +52,11 @@ class Run:
             ingest=IngestSettings(port=free_port()),
             local=LocalSettings(broker_port=free_port(), postgres_port=free_port(), simulate=False),
         )
-        self.stack = LocalStack(self.settings, data_dir=self.work, simulate=False)
+        # The simulator runs here, at each step's rate; its devices are registered before
+        # ingest starts, so none of its first posts is refused while ingest catches up.
+        self.stack = LocalStack(
+            self.settings, data_dir=self.work, simulate=False, city_devices=True
+        )
         self.control = self.work / "scenario.json"
         self.interval = 1.0  # seconds between the simulator's posts
 
@@ -105,7 +109,6 @@ class Run:
 
     def start(self) -> None:
         self.env, self.db_url = self.stack.start()
-        register_simulated_devices(self.db_url)  # the stack does this when it simulates itself
 
 
 class Seen:

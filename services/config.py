@@ -36,8 +36,8 @@ class KafkaSettings(_Section):
         default=3,
         ge=1,
         description="Partitions for topics we create: as many as members a consumer group may "
-        "run. Three suit one machine; on the local broker every partition costs each fetch "
-        "(deploy/ sets 12, docker-compose.yml 6).",
+        "run (deploy/ sets 12, docker-compose.yml 6; the local stack's embedded broker takes "
+        "CITY_VITALS_LOCAL__BROKER_PARTITIONS unless this is set).",
     )
     replication_factor: int = Field(default=1, ge=1)
     # Apache Kafka supports the idempotent producer; the local Tansu broker does not.
@@ -217,6 +217,15 @@ class LocalSettings(_Section):
     # Off: use the configured CITY_VITALS_KAFKA__* / CITY_VITALS_DB__URL parts instead.
     embedded_broker: bool = True
     embedded_postgres: bool = True
+    broker_partitions: int = Field(
+        default=1,
+        ge=1,
+        description="Partitions of the topics on the embedded broker, unless "
+        "CITY_VITALS_KAFKA__PARTITIONS is set. One: its memory store keeps every produced "
+        "batch and lists a partition's batches on each fetch, and a post spread over three "
+        "partitions stores three batches; one partition stores one. Set more to try scaling "
+        "a consumer group out on one machine.",
+    )
     simulate: bool = True
     simulate_rate: float = Field(default=20.0, gt=0, description="Readings per second.")
     # The key the simulated city posts with; the local stack issues one at every start.

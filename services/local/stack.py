@@ -114,6 +114,16 @@ def register_simulated_devices(db_url: str, seed: int = 12345) -> None:
     log.info("registered %d simulated devices", asyncio.run(run()))
 
 
+def stack_settings(settings: Settings) -> Settings:
+    """The settings the local stack runs with: topics on its embedded broker get
+    ``local.broker_partitions``, unless the partitions were set."""
+    local = settings.local
+    if not local.embedded_broker or "partitions" in settings.kafka.model_fields_set:
+        return settings
+    kafka = settings.kafka.model_copy(update={"partitions": local.broker_partitions})
+    return settings.model_copy(update={"kafka": kafka})
+
+
 @dataclass
 class Service:
     """One supervised platform process."""
@@ -152,12 +162,17 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 class LocalStack:
     """Starts, watches and stops the local platform."""
 
-    def __init__(self, settings: Settings, *, data_dir: Path, simulate: bool) -> None:
-        self.settings = settings
+    def __init__(
+        self, settings: Settings, *, data_dir: Path, simulate: bool, city_devices: bool = False
+    ) -> None:
+        self.settings = settings = stack_settings(settings)
+        local = settings.local
         self.data_dir = data_dir
         self.logs = data_dir / "logs"
         self.simulate = simulate
-        local = settings.local
+        # The simulated city's devices registered before ingest starts: a benchmark that runs
+        # the simulator itself needs them known from its first post.
+        self.city_devices = simulate or city_devices
         self.broker = (
             LocalBroker(local.broker_port, self.logs / "broker.log")
             if local.embedded_broker
@@ -197,7 +212,7 @@ class LocalStack:
             forget_offsets_of_previous_broker(db_url)
 
         self.gateway_key = issue_local_key(db_url, self.data_dir)
-        if self.simulate:
+        if self.city_devices:
             register_simulated_devices(db_url)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CITY_VITALS_")}
         env.update(to_env(self.settings))

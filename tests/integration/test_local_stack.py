@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from services.local.broker import LocalBroker
 from services.local.postgres import LocalPostgres
@@ -28,12 +30,12 @@ class Local:
 
     def __init__(self, workdir: Path, **settings: str) -> None:
         self.data_dir = workdir / f"local-{uuid.uuid4().hex[:6]}"
-        self.api_port, self.ingest_port = free_port(), free_port()
+        self.api_port, self.ingest_port, self.broker_port = free_port(), free_port(), free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CITY_VITALS_")}
         self.env.update(
             CITY_VITALS_API__PORT=str(self.api_port),
             CITY_VITALS_INGEST__PORT=str(self.ingest_port),
-            CITY_VITALS_LOCAL__BROKER_PORT=str(free_port()),
+            CITY_VITALS_LOCAL__BROKER_PORT=str(self.broker_port),
             CITY_VITALS_LOCAL__POSTGRES_PORT=str(free_port()),
             CITY_VITALS_LOCAL__MQTT_PORT=str(free_port()),
             # The test's made-up devices are not in the registry.
@@ -97,6 +99,19 @@ class Local:
         return list(page["items"])
 
 
+def partitions(bootstrap: str, topic: str) -> set[int]:
+    async def ask() -> set[int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            [found] = await admin.describe_topics([topic])
+            return {p["partition"] for p in found["partitions"]}
+        finally:
+            await admin.close()
+
+    return asyncio.run(ask())
+
+
 def depth(device: str, values: list[float]) -> list[dict[str, object]]:
     """Readings a second apart, and the last value again two minutes on: the rules engine
     closes a window once its partition's event time passes it by the allowed lateness, and
@@ -132,6 +147,8 @@ def test_local_stack_serves_an_alert_stops_cleanly_and_keeps_its_data(workdir: P
             )
             # The simulated city is feeding it too.
             eventually(lambda: local.latest(client, "district/tianhe"))
+        # One partition a topic on the embedded broker: each post is one stored batch.
+        assert partitions(f"127.0.0.1:{local.broker_port}", "city-vitals.readings.v1") == {0}
     finally:
         output = local.stop()
     assert "city-vitals is running" in output

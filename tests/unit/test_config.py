@@ -54,3 +54,20 @@ def test_settings_survive_the_trip_through_a_child_environment(
     for key, value in to_env(original).items():
         monkeypatch.setenv(key, value)
     assert Settings() == original
+
+
+def test_the_local_stack_gives_its_embedded_broker_one_partition_unless_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.local.stack import stack_settings
+
+    local = stack_settings(Settings())
+    assert local.kafka.partitions == 1
+    assert to_env(local)["CITY_VITALS_KAFKA__PARTITIONS"] == "1"  # what its services get
+    monkeypatch.setenv("CITY_VITALS_LOCAL__BROKER_PARTITIONS", "2")
+    assert stack_settings(Settings()).kafka.partitions == 2
+    monkeypatch.setenv("CITY_VITALS_KAFKA__PARTITIONS", "4")  # set: kept
+    assert stack_settings(Settings()).kafka.partitions == 4
+    monkeypatch.delenv("CITY_VITALS_KAFKA__PARTITIONS")
+    monkeypatch.setenv("CITY_VITALS_LOCAL__EMBEDDED_BROKER", "false")  # someone else's broker
+    assert stack_settings(Settings()).kafka.partitions == Settings().kafka.partitions == 3
