@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from schemas.base import Code, Contract, UtcDatetime
+from schemas.base import Code, Contract, Number, UtcDatetime
 
 
 class Level(StrEnum):
@@ -66,8 +66,8 @@ class AlertTransition(Contract):
         description="Level after the transition; null once resolved and for no-data alerts."
     )
     previous_level: Level | None
-    value: float
-    threshold: float | None = Field(description="The threshold crossed, or the clear threshold.")
+    value: Number
+    threshold: Number | None = Field(description="The threshold crossed, or the clear threshold.")
     occurrences: int = Field(ge=1, description="Breaching windows seen while the alert is open.")
     opened_at: UtcDatetime
     observed_at: UtcDatetime = Field(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import subprocess
 import sys
@@ -352,11 +351,6 @@ def alert_rows(transitions: list[AlertTransition]) -> list[dict[str, object]]:
     ]
 
 
-def finite(*numbers: float | None) -> bool:
-    """Whether every number given is finite (None counts as absent, not as a number)."""
-    return all(n is None or math.isfinite(n) for n in numbers)
-
-
 def as_json(rows: list[dict[str, object]]) -> str:
     """Rows as the JSON array ``json_populate_recordset`` reads."""
     return orjson.dumps(rows).decode()
@@ -582,13 +576,9 @@ class WriterHandler:
                 raw = record.value or b""
                 try:
                     if tp.topic == topics.alerts:
-                        transition = AlertTransition.model_validate_json(raw)
-                        if not finite(transition.value, transition.threshold):
-                            # JSON (how the rows go to PostgreSQL) has no NaN or infinity; the
-                            # engine never emits them (rules.alerts.Change.record refuses).
-                            out.rejected.append(("value and threshold must be finite", record))
-                            continue
-                        out.transitions.append(transition)
+                        # The contract refuses NaN and infinity, which JSON (how the rows go
+                        # to PostgreSQL) could not carry anyway.
+                        out.transitions.append(AlertTransition.model_validate_json(raw))
                     elif tp.topic == topics.indicator_values:
                         out.values.append(value_row(IndicatorValue.model_validate_json(raw)))
                     elif tp.topic == topics.tickets:

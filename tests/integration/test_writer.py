@@ -350,8 +350,9 @@ def test_alert_batches_are_fenced_and_stored_once(
 def test_an_alert_transition_with_a_non_finite_number_is_dead_lettered_not_altered(
     broker: LocalBroker, postgres: LocalPostgres
 ) -> None:
-    """NaN and infinity pass the JSON contract but have no JSON form to store by; the writer
-    refuses them with a reason instead of storing a null, and stores the rest of the batch."""
+    """NaN and infinity have no JSON form to store by (pydantic's JSON parser reads them); the
+    contract refuses them, so the writer dead-letters the record with the reason instead of
+    storing a null, and stores the rest of the batch."""
     url = fresh_database(postgres)
     prefix = f"t{uuid.uuid4().hex[:8]}"
     settings = Settings(
@@ -390,4 +391,6 @@ def test_an_alert_transition_with_a_non_finite_number_is_dead_lettered_not_alter
             settings.kafka, settings.kafka.topics.dead_letter, at_least=1, timeout=5
         )
     ]
-    assert (letter.offset, letter.reason) == (1, "value and threshold must be finite")
+    assert letter.offset == 1
+    assert letter.reason.startswith("threshold: ")
+    assert "finite number" in letter.reason

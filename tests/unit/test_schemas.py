@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from schemas import registry
-from schemas.alerts import Level
+from schemas.alerts import AlertTransition, Level
 from schemas.base import describe_errors
 from schemas.deadletter import MAX_PAYLOAD_CHARS, DeadLetter
 from schemas.readings import SensorReading
@@ -120,6 +120,35 @@ def test_topic_names_are_versioned_and_namespaced() -> None:
 
 def test_levels_rank_blue_to_red() -> None:
     assert [lv.rank for lv in (Level.BLUE, Level.YELLOW, Level.ORANGE, Level.RED)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("field", ["value", "threshold"])
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+def test_alert_transitions_refuse_numbers_json_cannot_store(field: str, number: str) -> None:
+    """pydantic's JSON parser reads NaN and Infinity; an alert's numbers must be finite."""
+    good = {
+        "transition_id": "00000000-0000-4000-8000-000000000001",
+        "alert_id": "00000000-0000-4000-8000-000000000002",
+        "seq": 1,
+        "kind": "firing",
+        "indicator": "waterlogging_depth",
+        "scope_level": "device",
+        "scope_id": "gz-wl-001",
+        "level": "red",
+        "previous_level": None,
+        "value": 31.5,
+        "threshold": 30.0,
+        "occurrences": 1,
+        "opened_at": "2026-07-01T00:00:00Z",
+        "observed_at": "2026-07-01T00:00:00Z",
+    }
+    assert AlertTransition.model_validate_json(orjson.dumps(good)).value == 31.5
+    bad = orjson.dumps(good).replace(
+        f'"{field}":{good[field]}'.encode(), f'"{field}":{number}'.encode()
+    )
+    with pytest.raises(ValidationError) as caught:
+        AlertTransition.model_validate_json(bad)
+    assert describe_errors(caught.value).startswith(f"{field}: Input should be a finite number")
 
 
 def test_other_zones_are_accepted() -> None:
