@@ -82,14 +82,21 @@ def test_the_roles_end_when_the_writer_is_killed(writer: Writer) -> None:
     assert not alive, f"roles outlived the killed writer: {alive}"
 
 
-def backends(db_url: str, role: psutil.Process) -> list[psutil.Process]:
-    """The PostgreSQL backends serving a role's connections (matched by client port)."""
+def backend_niceness(db_url: str, role: psutil.Process) -> set[int]:
+    """The niceness of the PostgreSQL backends serving a role's connections (matched by client
+    port). A backend whose connection closed meanwhile (the readings role's upkeep connection
+    comes and goes) is left out."""
     ports = {c.laddr.port for c in role.net_connections(kind="tcp") if c.raddr}
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
             "SELECT pid, client_port FROM pg_stat_activity WHERE datname = current_database()"
         ).fetchall()
-    return [psutil.Process(pid) for pid, port in rows if port in ports]
+    found = set()
+    for pid, port in rows:
+        if port in ports:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                found.add(psutil.Process(pid).nice())
+    return found
 
 
 def test_on_a_local_database_the_bulk_roles_backends_are_as_nice_as_the_roles(
@@ -109,7 +116,7 @@ def test_on_a_local_database_the_bulk_roles_backends_are_as_nice_as_the_roles(
         base = psutil.Process().nice()
 
         def niceness(name: str) -> set[int]:
-            return {backend.nice() for backend in backends(db_url, writer.roles[name])}
+            return backend_niceness(db_url, writer.roles[name])
 
         eventually(lambda: writer.roles["readings"].nice() == base + 7)
         # The readings role also holds the upkeep connection (rollups, retention) at times.
