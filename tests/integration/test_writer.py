@@ -16,7 +16,7 @@ from schemas.alerts import AlertTransition, Level, ScopeLevel, TransitionKind
 from schemas.deadletter import DeadLetter
 from schemas.indicator_values import IndicatorValue, value_id_for
 from schemas.readings import SensorReading
-from services.config import DatabaseSettings, KafkaSettings, Settings, WriterSettings
+from services.config import DatabaseSettings, Settings, WriterSettings
 from services.kafka import Batch, Fenced, encode, ensure_topics, make_producer
 from services.local.broker import LocalBroker
 from services.local.postgres import LocalPostgres
@@ -57,10 +57,17 @@ def stored(url: str) -> tuple[int, int]:
     return row[0], row[1]
 
 
-def writer_settings(url: str, broker: LocalBroker, group: str) -> Settings:
+def writer_settings(
+    url: str, broker: LocalBroker, group: str, *, own_topics: bool = False
+) -> Settings:
+    """A writer on the test broker writing to ``url``; on the platform's topics (``TOPIC``), or
+    with ``own_topics`` on topics no other test touches."""
+    kafka = Settings().kafka.model_copy(update={"bootstrap_servers": broker.bootstrap})
+    if own_topics:
+        kafka = kafka.model_copy(update={"topic_prefix": f"t{uuid.uuid4().hex[:8]}"})
     return Settings(
         db=DatabaseSettings(url=SecretStr(url)),
-        kafka=Settings().kafka.model_copy(update={"bootstrap_servers": broker.bootstrap}),
+        kafka=kafka,
         writer=WriterSettings(consumer_group=group),
     )
 
@@ -115,12 +122,7 @@ def test_a_record_postgresql_refuses_is_dead_lettered_and_the_rest_stored(
     with psycopg.connect(url, autocommit=True) as conn:
         # Stands in for any value the contracts accept but the database will not store.
         conn.execute("ALTER TABLE readings ADD CONSTRAINT refuse_666 CHECK (value <> 666)")
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    settings = Settings(
-        db=DatabaseSettings(url=SecretStr(url)),
-        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=prefix),
-        writer=WriterSettings(consumer_group="refuse-test"),
-    )
+    settings = writer_settings(url, broker, "refuse-test", own_topics=True)
     topic = settings.kafka.topics.readings
     garbage = records(10, 1, topic=topic)[0]
     garbage.value = b"not a reading"
@@ -206,12 +208,7 @@ def test_values_and_transitions_re_emitted_under_new_offsets_are_stored_once(
     """A restarted rules engine re-emits what it had sent before its last commit: the same
     deterministic ids at later offsets. The writer keeps one row of each."""
     url = fresh_database(postgres)
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    settings = Settings(
-        db=DatabaseSettings(url=SecretStr(url)),
-        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=prefix),
-        writer=WriterSettings(consumer_group="replay-test"),
-    )
+    settings = writer_settings(url, broker, "replay-test", own_topics=True)
     topics = settings.kafka.topics
     start = datetime(2026, 7, 1, tzinfo=UTC)
     values = [
@@ -354,12 +351,7 @@ def test_an_alert_transition_with_a_non_finite_number_is_dead_lettered_not_alter
     contract refuses them, so the writer dead-letters the record with the reason instead of
     storing a null, and stores the rest of the batch."""
     url = fresh_database(postgres)
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    settings = Settings(
-        db=DatabaseSettings(url=SecretStr(url)),
-        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=prefix),
-        writer=WriterSettings(consumer_group="finite-test"),
-    )
+    settings = writer_settings(url, broker, "finite-test", own_topics=True)
     topic = settings.kafka.topics.alerts
     start = datetime(2026, 7, 1, tzinfo=UTC)
     good, bad = water_alert("wl-ok", start)[:1], water_alert("wl-inf", start)[:1]
