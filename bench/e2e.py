@@ -2,7 +2,7 @@
 PostgreSQL, ingest, rules engine, writer, API) at rising rates.
 
     python -m bench.e2e [--rates 5000,10000,20000,30000,40000] [--step-seconds 30]
-                        [--latency-seconds 300] [--interval 0.05]
+                        [--latency-seconds 300] [--interval 0.05] [--storm]
 
 For each rate the simulator posts readings (and 12345 calls) for ``--step-seconds``; the rate
 is kept up with when ingest accepts at least 90% of it and neither the rules engine's nor the
@@ -18,6 +18,12 @@ everything it has ever stored.
 The simulator posts every ``--interval`` seconds what the devices measured since its last
 post: the reading that lets a window close reaches ingest up to that long after the moment
 it could close, which the latency includes.
+
+How many transitions a window close brings depends on where the typhoon stands at it, so a
+run's tail depends on the minute it was started. ``--storm`` waits (up to ten minutes) to
+start the latency phase at the same point of the ten-minute cycle every time: a ten-minute
+close, which every window of 1, 2, 5 and 10 minutes joins, then falls 80% into the phase,
+with the typhoon well on. Runs with it are comparable with each other.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime
 
 import numpy as np
@@ -42,6 +49,17 @@ from rules.indicators import Catalogue
 from services.config import ApiSettings, IngestSettings, LocalSettings, Settings
 from services.local.processes import free_port, stop_process
 from services.local.stack import LocalStack
+
+WARM_UP = 8.0  # seconds the simulator runs before a phase is measured
+CYCLE = 600  # seconds: windows of 1, 2, 5 and 10 minutes all close on its multiples
+STORM_AT = 0.8  # where in the latency phase --storm puts such a close
+
+
+def storm_wait(now: float, phase: float, lateness: float) -> float:
+    """Seconds to wait from ``now`` (epoch s) so that a phase of ``phase`` seconds, measured
+    after the warm-up, has a close of every window of ten minutes or less ``STORM_AT`` into
+    it. Such windows close ``lateness`` after a multiple of ``CYCLE``."""
+    return (lateness - WARM_UP - STORM_AT * phase - now) % CYCLE
 
 
 class Run:
@@ -89,7 +107,7 @@ class Run:
                 env=self.env, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         try:
-            time.sleep(8)  # start-up and the first seconds' catch-up
+            time.sleep(WARM_UP)  # start-up and the first seconds' catch-up
             began, (first, before) = time.monotonic(), self.lag()
             time.sleep(seconds)
             took, (last, after) = time.monotonic() - began, self.lag()
@@ -178,7 +196,14 @@ def main() -> None:
         action="store_true",
         help="Measure latency on the stack the rates ran on (by default, a fresh one).",
     )
+    parser.add_argument(
+        "--storm",
+        action="store_true",
+        help="Start the latency phase so that a ten-minute window close falls 80%% into it "
+        "(waits up to ten minutes); runs with it are comparable.",
+    )
     args = parser.parse_args()
+    catalogue = Catalogue.from_yaml()
     run = Run()
     run.interval = args.interval
     run.start()
@@ -211,6 +236,12 @@ def main() -> None:
             run.interval = args.interval
             run.start()
             print("(latency measured on a fresh stack; --same-stack keeps the ramp's)")
+        if args.storm:
+            # The lateness most indicators allow: their windows close that long after their end.
+            usual = Counter(i.allowed_lateness_seconds for i in catalogue.by_code.values())
+            wait = storm_wait(time.time(), args.latency_seconds, usual.most_common(1)[0][0])
+            print(f"(waiting {wait:.0f} s: a ten-minute close falls {STORM_AT:.0%} into the phase)")
+            time.sleep(wait)
         subprocess.run(
             [sys.executable, "-m", "services.cli", "scenario", "start", "typhoon", "--minutes",
              str(math.ceil(args.latency_seconds / 48)), "--control", str(run.control)],
@@ -220,9 +251,7 @@ def main() -> None:
         with Seen(run.db_url, since) as seen:
             run.simulate(kept / 2, args.latency_seconds, "latency")
             run.drain()
-        lateness = {
-            code: i.allowed_lateness_seconds for code, i in Catalogue.from_yaml().by_code.items()
-        }
+        lateness = {code: i.allowed_lateness_seconds for code, i in catalogue.by_code.items()}
         with psycopg.connect(run.db_url) as conn:
             rows = conn.execute(
                 "SELECT transition_id::text, indicator, scope_level, "
@@ -245,10 +274,11 @@ def main() -> None:
             print(f"only {len(latencies)} alert transitions at half load: no percentiles")
             return
         q = statistics.quantiles(latencies, n=100)
-        moments = len({round(at) for tid, _, _, at, _ in rows if tid in seen.at})
+        moments = Counter(round(due[tid]) for tid, _, _, _, _ in rows if tid in seen.at)
         print(
             f"alert latency at {kept / 2:,.0f} readings/s, typhoon running "
-            f"({len(latencies):,} transitions at {moments} moments): p50 {q[49] * 1000:,.0f} ms, "
+            f"({len(latencies):,} transitions at {len(moments)} moments, at most "
+            f"{max(moments.values()):,} at one): p50 {q[49] * 1000:,.0f} ms, "
             f"p99 {q[98] * 1000:,.0f} ms from when the window could close until readable"
         )
         # Device scopes are judged where their readings land; the others after a roll-up hop.
