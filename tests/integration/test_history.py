@@ -166,10 +166,13 @@ def test_minute_rollup_matches_raw_readings(db: str) -> None:
             """
             SELECT count(*) FROM (
               SELECT date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01+00') b, device_id,
-                     count(*) n, sum(value) s, min(value) lo, max(value) hi
+                     count(*) n, sum(value) s, min(value) lo, max(value) hi,
+                     (array_agg(value ORDER BY ts DESC))[1] last, max(ts) last_ts
               FROM readings WHERE metric = 'waterlogging_depth' AND ts < %s GROUP BY 1, 2
               EXCEPT
-              SELECT bucket, device_id, samples, total, min_value, max_value FROM readings_1m
+              SELECT bucket, device_id, samples, total, min_value, max_value, last_value,
+                     last_ts
+              FROM readings_1m
             ) missing
             """,
             (mark[0],),
