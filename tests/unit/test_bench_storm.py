@@ -1,18 +1,20 @@
-"""bench.e2e --storm: where the latency phase starts against the ten-minute cycle."""
+"""bench.e2e --storm: where the typhoon starts against the five-minute closes."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.e2e import CYCLE, STORM_AT, WARM_UP, storm_wait
+from bench.e2e import STORM_CLOSE_AFTER, STORM_CYCLE, storm_wait
 
 
-@pytest.mark.parametrize("now", [1_764_560_000.0, 1_764_560_123.4, 1_764_560_599.9])
-@pytest.mark.parametrize("phase", [60.0, 300.0, 900.0])
-def test_a_storm_run_has_a_ten_minute_close_at_the_same_point_of_its_phase(
-    now: float, phase: float
+@pytest.mark.parametrize("now", [1_764_560_000.0, 1_764_560_123.4, 1_764_560_299.9])
+@pytest.mark.parametrize("lateness", [0, 30, 45])
+def test_a_storm_run_meets_a_five_minute_close_at_the_same_point_of_its_typhoon(
+    now: float, lateness: int
 ) -> None:
-    wait = storm_wait(now, phase, lateness=30)
-    assert 0 <= wait < CYCLE
-    close = now + wait + WARM_UP + STORM_AT * phase  # epoch s, STORM_AT into the phase
-    assert close - 30 == pytest.approx(round((close - 30) / CYCLE) * CYCLE, abs=1e-6)
+    wait = storm_wait(now, lateness)
+    assert 0 <= wait < STORM_CYCLE
+    close = now + wait + STORM_CLOSE_AFTER  # epoch s: when those windows may close
+    assert close - lateness == pytest.approx(
+        round((close - lateness) / STORM_CYCLE) * STORM_CYCLE, abs=1e-6
+    )
