@@ -164,7 +164,17 @@ class WriterSettings(_Section):
     )
     # Rollup refresh and retention run inside the writer (one replica at a time) on plain
     # PostgreSQL; TimescaleDB's own job scheduler runs its policies.
-    maintenance_interval_seconds: float = Field(default=30.0, gt=0)
+    maintenance_interval_seconds: float = Field(
+        default=60.0, gt=0, description="How often the plain layout's upkeep runs."
+    )
+    maintenance_offset_seconds: float = Field(
+        default=40.0,
+        ge=0,
+        description="Upkeep rounds run this far past each multiple of the interval (wall "
+        "clock). The rules engine closes most windows 30 s (the usual allowed lateness) past "
+        "a minute, with a burst of alerts; a round's aggregation, seconds of a core at high "
+        "rates, then starts after that burst and ends well before the next.",
+    )
     bulk_niceness: int = Field(
         default=5,
         ge=0,

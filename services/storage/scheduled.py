@@ -86,6 +86,12 @@ GROUP BY 1, device_id, metric, grid, street, district
 """
 
 
+def until_round(now: float, interval: float, offset: float) -> float:
+    """Seconds from ``now`` (epoch s) to the next upkeep round: the next moment ``offset``
+    seconds past a multiple of ``interval``. A round that overran its slot waits for the next."""
+    return (offset - now) % interval or interval
+
+
 def floor_to(moment: datetime, width: timedelta) -> datetime:
     """The start of the bucket of ``width`` that holds ``moment`` (buckets from 2000-01-01)."""
     epoch = datetime(2000, 1, 1, tzinfo=moment.tzinfo)

@@ -52,7 +52,7 @@ from services.kafka import (
     wait_for_broker,
 )
 from services.storage.layout import Layout, current
-from services.storage.scheduled import MARK_CHANGED, maintain, prepare
+from services.storage.scheduled import MARK_CHANGED, maintain, prepare, until_round
 
 log = logging.getLogger(__name__)
 
@@ -786,8 +786,13 @@ async def run_maintenance(settings: Settings, stop: asyncio.Event, *, nice: bool
             log.warning("storage upkeep skipped, PostgreSQL unavailable: %s", exc)
         if layout is Layout.TIMESCALEDB:
             return  # TimescaleDB's own scheduler runs the policies from here on
+        wait = until_round(
+            time.time(),
+            settings.writer.maintenance_interval_seconds,
+            settings.writer.maintenance_offset_seconds,
+        )
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), settings.writer.maintenance_interval_seconds)
+            await asyncio.wait_for(stop.wait(), wait)
 
 
 # The writer's consumers, each in its own group and process: an alert never waits for a batch

@@ -12,7 +12,7 @@ from services.history.service import MAX_POINTS, BadRange, bucket_value, plan_se
 from services.kafka import Backoff
 from services.storage import timescale
 from services.storage.layout import Layout, choose
-from services.storage.scheduled import floor_to, refresh_ranges
+from services.storage.scheduled import floor_to, refresh_ranges, until_round
 
 T0 = datetime(2026, 11, 24, 10, 17, 42, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
@@ -147,3 +147,12 @@ def test_backoff_doubles_up_to_a_cap_and_resets() -> None:
     assert [backoff.next() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
     backoff.reset()
     assert backoff.next() == 0.5
+
+
+def test_upkeep_rounds_keep_to_their_point_of_the_minute() -> None:
+    minute = 1_764_561_600.0  # 04:00:00 UTC
+    assert until_round(minute + 10, 60, 40) == 30  # 04:00:40
+    assert until_round(minute + 41.5, 60, 40) == 58.5  # a round that took 1.5 s: 04:01:40
+    assert until_round(minute + 40, 60, 40) == 60  # exactly on its moment: the next one
+    assert until_round(minute + 105, 60, 40) == 55  # one that overran waits for its next slot
+    assert until_round(minute + 3, 30, 10) == 7  # every 30 s: at :10 and :40
