@@ -4,9 +4,10 @@ PostgreSQL, exactly once.
 Each batch is written in one transaction together with the Kafka offsets it ends at
 (``consumer_offsets``). After a crash the writer resumes from those stored offsets, so a
 batch whose rows committed is never written again, and one that did not commit is written
-whole. Everything goes in by binary COPY: readings straight into their table, indicator
-values and transitions through a staging table so a value or transition re-emitted by a
-restarted rules engine (same deterministic id) is stored once. Alerts are upserted.
+whole. Readings go in by binary COPY straight into their table; indicator values and
+tickets through a staging table, so a value re-emitted by a restarted rules engine (same
+deterministic id) is stored once. Alert transitions go as one JSON parameter, stored once
+each the same way, and each alert is upserted from them in the same statement.
 
 When PostgreSQL is away the writer does not exit: it raises ``Unavailable``, and the consumer
 loop pauses, backs off and re-reads the batch once the database answers again.
@@ -21,7 +22,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,7 +33,7 @@ import psycopg
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
-from schemas.alerts import AlertTransition, TransitionKind
+from schemas.alerts import AlertTransition
 from schemas.base import describe_errors
 from schemas.deadletter import DeadLetter
 from schemas.indicator_values import IndicatorValue
@@ -106,24 +106,6 @@ TRANSITION_COLUMNS = (
     "opened_at",
     "observed_at",
     "reading_id",
-)
-TRANSITION_TYPES = (
-    "uuid",
-    "uuid",
-    "int4",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "float8",
-    "float8",
-    "int4",
-    "timestamptz",
-    "timestamptz",
-    "uuid",
 )
 LETTER_COLUMNS = (
     "source",
@@ -198,8 +180,6 @@ CALLER_TYPES = ("uuid", "text", "text")
 # Staging tables live per connection and empty themselves at commit. The unique keys of the
 # real tables (whatever the layout) make a re-emitted row a no-op.
 STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS staging_transitions
-    (LIKE alert_transitions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS staging_values
     (LIKE indicator_values INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS staging_tickets
@@ -214,23 +194,9 @@ INSERT INTO ticket_callers ({", ".join(CALLER_COLUMNS)})
 SELECT {", ".join(CALLER_COLUMNS)} FROM staging_callers
 ON CONFLICT DO NOTHING
 """
-MOVE_TRANSITIONS = f"""
-INSERT INTO alert_transitions ({", ".join(TRANSITION_COLUMNS)})
-SELECT {", ".join(TRANSITION_COLUMNS)} FROM staging_transitions
-ON CONFLICT DO NOTHING
-"""
 MOVE_VALUES = f"""
 INSERT INTO indicator_values ({", ".join(VALUE_COLUMNS)})
 SELECT {", ".join(VALUE_COLUMNS)} FROM staging_values
-ON CONFLICT DO NOTHING
-"""
-
-# Rows as one JSON parameter, parsed by PostgreSQL: psycopg dumps array parameters element by
-# element in Python (33 ms for a storm's 742 transitions), JSON goes out of orjson in one piece.
-INSERT_TRANSITIONS = f"""
-INSERT INTO alert_transitions ({", ".join(TRANSITION_COLUMNS)})
-SELECT {", ".join(TRANSITION_COLUMNS)}
-FROM json_populate_recordset(NULL::alert_transitions, %s::json)
 ON CONFLICT DO NOTHING
 """
 
@@ -252,18 +218,44 @@ ALERT_COLUMNS = (
     "last_seq",
 )
 PEAK_ORDER = ("blue", "yellow", "orange", "red")
+_LEVELS = f"ARRAY{list(PEAK_ORDER)}"
 
-# One row per alert (see alert_rows), in one statement. Later transitions win; a redelivered
-# older one changes nothing.
-UPSERT_ALERTS = f"""
+# A batch of transitions in one statement, its rows one JSON parameter parsed once by
+# PostgreSQL (psycopg dumps array parameters element by element in Python: 33 ms for a storm's
+# 742 transitions; JSON goes out of orjson in one piece). The transitions go in, a re-emitted
+# one (same id) as a no-op. Each alert is upserted once, from its latest transition in the
+# batch, with the highest level any of them reached: that leaves it as upserting each
+# transition in order would (an upsert only ever moves an alert on to a later transition and
+# keeps its peak), and a storm's window close brings hundreds at once. A redelivered older
+# transition changes nothing. Against two statements with the alert rows built in Python:
+# 716 transitions in 29-38 ms instead of 30-55 on an idle machine, 38-57 instead of 55-73
+# with both cores busy.
+STORE_TRANSITIONS = f"""
+WITH batch AS MATERIALIZED (
+    SELECT * FROM json_populate_recordset(NULL::alert_transitions, %s::json)
+), stored AS (
+    INSERT INTO alert_transitions ({", ".join(TRANSITION_COLUMNS)})
+    SELECT {", ".join(TRANSITION_COLUMNS)} FROM batch
+    ON CONFLICT DO NOTHING
+)
 INSERT INTO alerts ({", ".join(ALERT_COLUMNS)})
-SELECT {", ".join(ALERT_COLUMNS)} FROM json_populate_recordset(NULL::alerts, %s::json)
+SELECT DISTINCT ON (alert_id)
+    alert_id, indicator, scope_level, scope_id, condition,
+    CASE WHEN kind = 'resolved' THEN 'resolved' ELSE 'firing' END,
+    level,
+    ({_LEVELS})[max(array_position({_LEVELS}, coalesce(level, previous_level)))
+        OVER (PARTITION BY alert_id)],
+    value, threshold, occurrences, opened_at, observed_at,
+    CASE WHEN level IS NULL THEN observed_at END,
+    seq
+FROM batch
+ORDER BY alert_id, seq DESC
 ON CONFLICT (alert_id) DO UPDATE SET
     status = EXCLUDED.status,
     level = EXCLUDED.level,
     peak_level = CASE
-        WHEN array_position(ARRAY{list(PEAK_ORDER)}, EXCLUDED.peak_level)
-           > array_position(ARRAY{list(PEAK_ORDER)}, alerts.peak_level)
+        WHEN array_position({_LEVELS}, EXCLUDED.peak_level)
+           > array_position({_LEVELS}, alerts.peak_level)
         THEN EXCLUDED.peak_level ELSE alerts.peak_level END,
     value = EXCLUDED.value,
     threshold = EXCLUDED.threshold,
@@ -309,80 +301,11 @@ def minutes_of(rows: list[tuple[object, ...]]) -> list[datetime]:
     return [datetime.fromtimestamp(m * 60, UTC) for m in sorted(minutes)]
 
 
-def alert_rows(transitions: list[AlertTransition]) -> list[dict[str, object]]:
-    """The alert upsert's rows (``ALERT_COLUMNS``): one per alert, from its latest
-    transition in the batch, with the highest level any of them reached. Upserting that row
-    leaves the alert as upserting each transition in order would (an upsert only ever moves
-    an alert on to a later transition and keeps its peak), in one statement instead of one a
-    transition: a storm's first window close brings hundreds at once."""
-    latest: dict[uuid.UUID, AlertTransition] = {}
-    peak: dict[uuid.UUID, int] = {}
-    for t in transitions:
-        if t.alert_id not in latest or t.seq > latest[t.alert_id].seq:
-            latest[t.alert_id] = t
-        reached = t.level or t.previous_level
-        rank = PEAK_ORDER.index(reached.value) if reached else -1
-        peak[t.alert_id] = max(rank, peak.get(t.alert_id, -1))
-    return [
-        dict(
-            zip(
-                ALERT_COLUMNS,
-                (
-                    t.alert_id,
-                    t.indicator,
-                    t.scope_level.value,
-                    t.scope_id,
-                    t.condition.value,
-                    "resolved" if t.kind is TransitionKind.RESOLVED else "firing",
-                    t.level.value if t.level else None,
-                    PEAK_ORDER[peak[t.alert_id]] if peak[t.alert_id] >= 0 else None,
-                    t.value,
-                    t.threshold,
-                    t.occurrences,
-                    t.opened_at,
-                    t.observed_at,
-                    t.observed_at if t.level is None else None,
-                    t.seq,
-                ),
-                strict=True,
-            )
-        )
-        for t in latest.values()
-    ]
-
-
-def as_json(rows: list[dict[str, object]]) -> str:
-    """Rows as the JSON array ``json_populate_recordset`` reads."""
-    return orjson.dumps(rows).decode()
-
-
 def transitions_json(transitions: list[AlertTransition]) -> str:
-    """Transitions as the JSON array ``INSERT_TRANSITIONS`` reads."""
-    return as_json(
-        [dict(zip(TRANSITION_COLUMNS, transition_row(t), strict=True)) for t in transitions]
-    )
-
-
-def transition_row(t: AlertTransition) -> tuple[object, ...]:
-    """A transition as a row in ``TRANSITION_COLUMNS`` order."""
-    return (
-        t.transition_id,
-        t.alert_id,
-        t.seq,
-        t.kind.value,
-        t.condition.value,
-        t.indicator,
-        t.scope_level.value,
-        t.scope_id,
-        t.level.value if t.level else None,
-        t.previous_level.value if t.previous_level else None,
-        t.value,
-        t.threshold,
-        t.occurrences,
-        t.opened_at,
-        t.observed_at,
-        t.reading_id,
-    )
+    """Transitions as the JSON array ``STORE_TRANSITIONS`` reads: their fields are its
+    columns, and orjson writes the ids, instants and levels as the contract does. A model's
+    ``vars`` are its fields: 0.6 ms for a storm's 716, where ``dict(model)`` takes 5.6."""
+    return orjson.dumps([vars(t) for t in transitions]).decode()
 
 
 def value_row(v: IndicatorValue) -> tuple[object, ...]:
@@ -682,12 +605,7 @@ class WriterHandler:
                 await copy_rows(cur, "staging_values", VALUE_COLUMNS, VALUE_TYPES, decoded.values)
                 await cur.execute(MOVE_VALUES)
             if decoded.transitions:
-                rows = [transition_row(t) for t in decoded.transitions]
-                await copy_rows(
-                    cur, "staging_transitions", TRANSITION_COLUMNS, TRANSITION_TYPES, rows
-                )
-                await cur.execute(MOVE_TRANSITIONS)
-                await cur.execute(UPSERT_ALERTS, (as_json(alert_rows(decoded.transitions)),))
+                await cur.execute(STORE_TRANSITIONS, (transitions_json(decoded.transitions),))
         if decoded.transitions:
             self._log_transitions(batch, len(decoded.transitions), began)
 
@@ -722,8 +640,7 @@ class WriterHandler:
                 for tp, records in batch.items()
                 if records
             ]
-            await conn.execute(INSERT_TRANSITIONS, (transitions_json(transitions),))
-            await conn.execute(UPSERT_ALERTS, (as_json(alert_rows(transitions)),))
+            await conn.execute(STORE_TRANSITIONS, (transitions_json(transitions),))
             await pipeline.sync()
             for tp, first, cur in advanced:
                 if cur.rowcount != 1:
