@@ -3,6 +3,7 @@ PostgreSQL, ingest, rules engine, writer, API) at rising rates.
 
     python -m bench.e2e [--rates 5000,10000,20000,30000,40000] [--step-seconds 30]
                         [--latency-seconds 300] [--interval 0.05] [--storm]
+                        [--latency-rate RATE]
 
 For each rate the simulator posts readings (and 12345 calls) for ``--step-seconds``; the rate
 is kept up with when ingest accepts at least 90% of it and neither the rules engine's nor the
@@ -232,6 +233,13 @@ def main() -> None:
         help="Measure latency at the same storm every run: ~700 transitions at one close "
         "(waits up to five minutes first).",
     )
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=None,
+        help="Skip the rates: measure latency at this many readings/s (half of what an "
+        "earlier run sustained), so that runs compare at the same load.",
+    )
     args = parser.parse_args()
     latency_seconds = args.latency_seconds or (STORM_PHASE if args.storm else 300.0)
     if args.storm and latency_seconds < STORM_CLOSE_AFTER + 30 - WARM_UP:
@@ -244,9 +252,13 @@ def main() -> None:
     run.interval = args.interval
     run.start()
     try:
-        print(f"{'rate/s':>8} {'accepted/s':>11} {'rules lag +':>12} {'writer lag +':>13}  kept up")
-        kept = 0.0
-        for rate in [float(r) for r in args.rates.split(",")]:
+        if args.latency_rate:
+            rates, kept = [], 2 * args.latency_rate
+        else:
+            rates, kept = [float(r) for r in args.rates.split(",")], 0.0
+            header = ("rate/s", "accepted/s", "rules lag +", "writer lag +")
+            print("{:>8} {:>11} {:>12} {:>13}  kept up".format(*header))
+        for rate in rates:
             run.drain()
             achieved, growth = run.simulate(rate, args.step_seconds, f"{rate:.0f}")
             ok = achieved >= 0.9 * rate and max(growth.values()) <= 2 * rate
@@ -260,9 +272,10 @@ def main() -> None:
         if not kept:
             print("kept up with none of the rates")
             return
-        print(f"sustained: {kept:,.0f} readings/s")
-        print(f"(the backlog of the last step drained in {run.drain():.0f} s)")
-        if not args.same_stack:
+        if rates:
+            print(f"sustained: {kept:,.0f} readings/s")
+            print(f"(the backlog of the last step drained in {run.drain():.0f} s)")
+        if rates and not args.same_stack:
             # The local broker keeps every batch ever produced and lists them all on each
             # fetch that returns data (Tansu 0.6's memory store: no retention), so after the
             # ramp its fetches cost several times what they did at first; Apache Kafka's do
