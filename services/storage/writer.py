@@ -185,6 +185,8 @@ CREATE TEMP TABLE IF NOT EXISTS staging_values
 CREATE TEMP TABLE IF NOT EXISTS staging_tickets
     (LIKE tickets INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS staging_callers (LIKE ticket_callers) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS staging_letters
+    (LIKE dead_letters INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 """
 MOVE_TICKETS = f"""
 INSERT INTO tickets ({", ".join(TICKET_COLUMNS)})
@@ -192,6 +194,12 @@ SELECT {", ".join(TICKET_COLUMNS)} FROM staging_tickets
 ON CONFLICT DO NOTHING;
 INSERT INTO ticket_callers ({", ".join(CALLER_COLUMNS)})
 SELECT {", ".join(CALLER_COLUMNS)} FROM staging_callers
+ON CONFLICT DO NOTHING
+"""
+# One letter per consumer and record it refused: a retried batch sends its letters again.
+MOVE_LETTERS = f"""
+INSERT INTO dead_letters ({", ".join(LETTER_COLUMNS)})
+SELECT {", ".join(LETTER_COLUMNS)} FROM staging_letters
 ON CONFLICT DO NOTHING
 """
 MOVE_VALUES = f"""
@@ -592,7 +600,10 @@ class WriterHandler:
                 if self.marks_rollups:
                     await cur.execute(MARK_CHANGED, (minutes_of(decoded.readings),))
             if decoded.letters:
-                await copy_rows(cur, "dead_letters", LETTER_COLUMNS, LETTER_TYPES, decoded.letters)
+                await copy_rows(
+                    cur, "staging_letters", LETTER_COLUMNS, LETTER_TYPES, decoded.letters
+                )
+                await cur.execute(MOVE_LETTERS)
             if decoded.tickets:
                 await copy_rows(
                     cur, "staging_tickets", TICKET_COLUMNS, TICKET_TYPES, decoded.tickets

@@ -17,7 +17,7 @@ from schemas.deadletter import DeadLetter
 from schemas.indicator_values import IndicatorValue, value_id_for
 from schemas.readings import SensorReading
 from services.config import DatabaseSettings, Settings, WriterSettings
-from services.kafka import Batch, Fenced, encode, ensure_topics, make_producer
+from services.kafka import Batch, Fenced, dead_letter, encode, ensure_topics, make_producer
 from services.local.broker import LocalBroker
 from services.local.postgres import LocalPostgres
 from services.storage.writer import WriterHandler
@@ -386,3 +386,42 @@ def test_an_alert_transition_with_a_non_finite_number_is_dead_lettered_not_alter
     assert letter.offset == 1
     assert letter.reason.startswith("threshold: ")
     assert "finite number" in letter.reason
+
+
+def test_a_dead_letter_sent_twice_is_stored_once(
+    broker: LocalBroker, postgres: LocalPostgres
+) -> None:
+    """A consumer sends a batch's dead letters before the transaction that stores the batch, so
+    a retried batch sends them again: the dead-letter topic holds both, the table one. Letters
+    about input that never reached Kafka (ingest's) carry no offset, and each is kept."""
+    url = fresh_database(postgres)
+    settings = writer_settings(url, broker, "letters-once-test", own_topics=True)
+    topic = settings.kafka.topics.dead_letter
+    refused = records(7, 1, topic=settings.kafka.topics.readings)[0]
+    again = dead_letter("writer", "not a reading", b"x", refused)
+    by_ingest = dead_letter("ingest", "not JSON", b"{")
+    letters = [again, again.model_copy(update={"received_at": datetime.now(UTC)}), by_ingest]
+
+    async def scenario() -> None:
+        producer = make_producer(settings.kafka)
+        await producer.start()
+        try:
+            writer = WriterHandler(settings, None, producer)
+            await writer.handle({TopicPartition(topic, 0): as_records(topic, 0, letters)})
+            await writer.handle(
+                {TopicPartition(topic, 0): as_records(topic, 3, [again, by_ingest])}
+            )
+            assert writer.conn is not None
+            await writer.conn.close()
+        finally:
+            await producer.stop()
+
+    asyncio.run(scenario())
+    with psycopg.connect(url) as conn:
+        assert conn.execute(
+            'SELECT source, topic, "offset" FROM dead_letters ORDER BY letter_id'
+        ).fetchall() == [
+            ("writer", settings.kafka.topics.readings, 7),
+            ("ingest", None, None),
+            ("ingest", None, None),
+        ]
