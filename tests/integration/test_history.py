@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import httpx
 import psycopg
@@ -15,9 +16,9 @@ import pytest
 from services.config import StorageSettings
 from services.local.postgres import LocalPostgres
 from services.local.processes import free_port
-from services.storage.scheduled import MARK_CHANGED, apply_retention, maintain
+from services.storage.scheduled import MARK_CHANGED, apply_retention, maintain, prepare
 from services.storage.writer import READING_COLUMNS, minutes_of
-from tests.integration.conftest import fresh_database, serving, stack_env
+from tests.integration.conftest import eventually, fresh_database, serving, stack_env
 
 pytestmark = pytest.mark.integration
 
@@ -365,3 +366,41 @@ def test_alert_history_filters_and_pages(db: str, api: str, client: httpx.Client
     assert page["items"][0]["observed_at"].startswith(
         (START + timedelta(minutes=3)).isoformat()[:16]
     )
+
+
+def test_upkeep_vacuums_readings_on_its_round_and_autovacuum_only_falls_back(
+    postgres: LocalPostgres,
+) -> None:
+    url = fresh_database(postgres)
+    with psycopg.connect(url) as conn:
+        if conn.execute("SELECT layout FROM storage_layout").fetchone() != ("plain",):
+            pytest.skip("TimescaleDB's own jobs keep its chunks")
+    load(url, rows()[:50])
+
+    def readings_state() -> tuple[object, ...] | None:
+        with psycopg.connect(url) as conn:
+            return conn.execute(
+                "SELECT c.reloptions, s.last_vacuum IS NOT NULL, s.last_analyze IS NOT NULL "
+                "FROM pg_class c JOIN pg_stat_user_tables s ON s.relid = c.oid "
+                "WHERE c.relname = 'readings'"
+            ).fetchone()
+
+    async def upkeep(storage: StorageSettings, *rounds: datetime) -> None:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await prepare(conn, storage)
+            for now in rounds:
+                assert await maintain(conn, storage, now=now)
+
+    # Rounds at 10:21:40 and 10:29:40 leave the table alone; the one at 10:30:40 vacuums it.
+    day = NOW.replace(hour=10)
+    asyncio.run(upkeep(StorageSettings(), day.replace(minute=21, second=40)))
+    state = readings_state()
+    assert state is not None
+    options, vacuumed, analyzed = state
+    assert "autovacuum_analyze_threshold=10000000" in cast(list[str], options)
+    assert (vacuumed, analyzed) == (False, False)
+    asyncio.run(upkeep(StorageSettings(), *(day.replace(minute=m, second=40) for m in (29, 30))))
+    eventually(lambda: (state := readings_state()) is not None and state[1:] == (True, True))
+    # Without upkeep's vacuum, autovacuum's defaults again.
+    asyncio.run(upkeep(StorageSettings(readings_vacuum_minutes=None)))
+    assert readings_state() == (None, True, True)

@@ -12,7 +12,7 @@ from services.history.service import MAX_POINTS, BadRange, bucket_value, plan_se
 from services.kafka import Backoff
 from services.storage import timescale
 from services.storage.layout import Layout, choose
-from services.storage.scheduled import floor_to, refresh_ranges, until_round
+from services.storage.scheduled import floor_to, refresh_ranges, until_round, vacuum_due
 
 T0 = datetime(2026, 11, 24, 10, 17, 42, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
@@ -156,3 +156,14 @@ def test_upkeep_rounds_keep_to_their_point_of_the_minute() -> None:
     assert until_round(minute + 40, 60, 40) == 60  # exactly on its moment: the next one
     assert until_round(minute + 105, 60, 40) == 55  # one that overran waits for its next slot
     assert until_round(minute + 3, 30, 10) == 7  # every 30 s: at :10 and :40
+
+
+def test_readings_are_vacuumed_in_one_round_of_each_period() -> None:
+    day = datetime(2026, 12, 1, tzinfo=UTC)
+    rounds = [day + timedelta(minutes=m, seconds=40) for m in range(24 * 60)]
+    assert [r for r in rounds if vacuum_due(r, 10)][:3] == [
+        day + timedelta(minutes=m, seconds=40) for m in (0, 10, 20)
+    ]
+    assert sum(vacuum_due(r, 10) for r in rounds) == 144
+    assert sum(vacuum_due(r, 60) for r in rounds) == 24  # on the hour
+    assert not any(vacuum_due(r, None) for r in rounds)
