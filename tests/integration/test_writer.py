@@ -202,6 +202,24 @@ def as_records(
     ]
 
 
+def write_batches(settings: Settings, *batches: Batch) -> None:
+    """Hand ``batches`` to one writer, in order."""
+
+    async def scenario() -> None:
+        producer = make_producer(settings.kafka)
+        await producer.start()
+        try:
+            writer = WriterHandler(settings, None, producer)
+            for batch in batches:
+                await writer.handle(batch)
+            assert writer.conn is not None
+            await writer.conn.close()
+        finally:
+            await producer.stop()
+
+    asyncio.run(scenario())
+
+
 def test_values_and_transitions_re_emitted_under_new_offsets_are_stored_once(
     broker: LocalBroker, postgres: LocalPostgres
 ) -> None:
@@ -231,27 +249,12 @@ def test_values_and_transitions_re_emitted_under_new_offsets_are_stored_once(
 
     vtp, atp = TopicPartition(topics.indicator_values, 0), TopicPartition(topics.alerts, 0)
 
-    async def scenario() -> None:
-        producer = make_producer(settings.kafka)
-        await producer.start()
-        try:
-            writer = WriterHandler(settings, None, producer)
-            await writer.handle(
-                {
-                    vtp: as_records(vtp.topic, 0, values[:2]),
-                    atp: as_records(atp.topic, 0, transitions[:2]),
-                }
-            )
-            # The replay: everything again, plus what is new, at later offsets.
-            await writer.handle(
-                {vtp: as_records(vtp.topic, 2, values), atp: as_records(atp.topic, 2, transitions)}
-            )
-            assert writer.conn is not None
-            await writer.conn.close()
-        finally:
-            await producer.stop()
-
-    asyncio.run(scenario())
+    write_batches(
+        settings,
+        {vtp: as_records(vtp.topic, 0, values[:2]), atp: as_records(atp.topic, 0, transitions[:2])},
+        # The replay: everything again, plus what is new, at later offsets.
+        {vtp: as_records(vtp.topic, 2, values), atp: as_records(atp.topic, 2, transitions)},
+    )
     with psycopg.connect(url) as conn:
         assert conn.execute(
             "SELECT count(*), count(DISTINCT value_id) FROM indicator_values"
@@ -402,21 +405,11 @@ def test_a_dead_letter_sent_twice_is_stored_once(
     by_ingest = dead_letter("ingest", "not JSON", b"{")
     letters = [again, again.model_copy(update={"received_at": datetime.now(UTC)}), by_ingest]
 
-    async def scenario() -> None:
-        producer = make_producer(settings.kafka)
-        await producer.start()
-        try:
-            writer = WriterHandler(settings, None, producer)
-            await writer.handle({TopicPartition(topic, 0): as_records(topic, 0, letters)})
-            await writer.handle(
-                {TopicPartition(topic, 0): as_records(topic, 3, [again, by_ingest])}
-            )
-            assert writer.conn is not None
-            await writer.conn.close()
-        finally:
-            await producer.stop()
-
-    asyncio.run(scenario())
+    write_batches(
+        settings,
+        {TopicPartition(topic, 0): as_records(topic, 0, letters)},
+        {TopicPartition(topic, 0): as_records(topic, 3, [again, by_ingest])},
+    )
     with psycopg.connect(url) as conn:
         assert conn.execute(
             'SELECT source, topic, "offset" FROM dead_letters ORDER BY letter_id'
