@@ -302,7 +302,7 @@ async def run_consumer(
     committing: asyncio.Task[None] | None = None
     try:
         while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=poll_ms, max_records=kafka.max_batch_records)
+            batch = await _take(consumer, poll_ms, kafka.max_batch_records)
             if not batch:
                 continue
             try:
@@ -328,6 +328,26 @@ async def run_consumer(
         if committing is not None and not committing.done():
             committing.cancel()
         await consumer.stop()
+
+
+async def _take(consumer: AIOKafkaConsumer, poll_ms: int, max_records: int) -> Batch:
+    """The next batch, with records of every partition that has some fetched.
+
+    aiokafka drains fetched partitions in the order their fetches came back and keeps a
+    partition's fetch (up to ``max_partition_fetch_bytes``) until it is drained, so a batch
+    capped at ``max_records`` can be all one busy partition's for as long as that partition
+    is behind; the rules engine's roll-up and tickets partitions, a few records a second, then
+    waited behind thousands of readings. So after the first take each other partition adds
+    what it has fetched, up to an equal share of the cap (a batch stays under twice the cap)."""
+    batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    batch = await consumer.getmany(timeout_ms=poll_ms, max_records=max_records)
+    if not batch:
+        return batch
+    others = [tp for tp in consumer.assignment() if tp not in batch]
+    share = max(1, max_records // max(1, len(others)))
+    for tp in others:
+        batch.update(await consumer.getmany(tp, timeout_ms=0, max_records=share))
+    return batch
 
 
 async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
