@@ -4,6 +4,8 @@ emits exactly what one pass over the whole logs emits."""
 
 from __future__ import annotations
 
+import copyreg
+import io
 import itertools
 import pickle
 import zlib
@@ -371,3 +373,24 @@ def test_saves_are_spread_over_the_commit_interval() -> None:
     # A task with nothing new is not saved; with commit 0, every unsaved task at once.
     assert due_saves(set(), snapshot_at, saved_at=0, tasks=7, commit=1.0, now=99) == set()
     assert due_saves(set(tasks), {}, saved_at=9, tasks=7, commit=0, now=9) == set(tasks)
+
+
+def test_snapshots_pickled_before_acc_had_a_reduce_still_load() -> None:
+    """Snapshots of format 2 were written with the default slots state of each ``Acc``; an
+    engine upgraded mid-run loads them as they are (no replay from the partition start)."""
+    from rules.engine import Acc
+
+    acc = Acc(3, 4_500_000, 1.0, 2.0, T0, 1.0, T0 + 5_000, 2.0)
+
+    class Before(pickle.Pickler):
+        def reducer_override(self, obj: Any) -> Any:
+            if type(obj) is Acc:
+                state = {name: getattr(obj, name) for name in Acc.__slots__}
+                return copyreg.__newobj__, (Acc,), (None, state)  # type: ignore[attr-defined]
+            return NotImplemented
+
+    task = {"water.depth": {T0: {"dev-1": acc}}}
+    buffer = io.BytesIO()
+    Before(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(task)
+    assert buffer.getvalue() != pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
+    assert pickle.loads(buffer.getvalue()) == task == pickle.loads(pickle.dumps(task))
