@@ -2,6 +2,7 @@
 pile up, and how long a record waits for a consumer at a given fetch max wait.
 
     python -m bench.broker [--stored 3000,60000] [--waits 50,20,10] [--seconds 10]
+                           [--flows 30000x300,30000x1500,135000x3000]
 
 ``stored``: for each count, a fresh broker is given that many one-record batches over three
 partitions, then one producer sends three 100-record batches every 20 ms while one consumer
@@ -13,6 +14,12 @@ partitions stores three batches).
 ``waits``: for each max wait, batches every 13 ms, and how long the oldest record of each
 batch the consumer got had waited since it was produced. A fetch that finds nothing sleeps
 out the rest of its max wait before it looks again.
+
+``flows``: RATExSIZE, records (of a reading's size) a second in batches of SIZE to one
+partition, read whole by three consumer groups (as the rules engine and the writer read the
+readings topic): the broker's CPU per record. What it costs goes by the batch far more than
+by the record, so this says how much of the readings' rate the broker alone allows at a
+given batch size.
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ import asyncio
 import os
 import statistics
 import time
+from collections.abc import Callable, Coroutine
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -31,8 +41,16 @@ from bench.scratch import scratch
 from services.local.broker import LocalBroker
 from services.local.processes import free_port
 
+T = TypeVar("T")
 TOPIC, PARTITIONS = "bench", 3
 PAYLOAD = b"x" * 200
+# A reading as ingest puts it on the topic.
+READING = (
+    b'{"reading_id":"5f0c3c1e-8a7e-5c1b-9d0e-2c1f0a9b8c7d","device_id":"wl-gz-000123",'
+    b'"metric":"waterlogging_depth","value":12.5,"unit":"cm","ts":"2026-12-04T11:00:00.000Z",'
+    b'"location":{"lon":113.3,"lat":23.1,"grid":"g1","street":"s1","district":"d1"}}'
+)
+GROUPS = 3
 
 
 def cpu_seconds(pid: int) -> float:
@@ -101,28 +119,86 @@ async def feed_and_read(
         await producer.stop()
 
 
-def run(
-    *, stored: int, wait_ms: int, every: float, seconds: float
-) -> tuple[float, list[float], float]:
-    """On a fresh broker: its CPU seconds, and the waits and sizes of what was fetched."""
+async def flow(
+    bootstrap: str, pid: int, *, rate: int, size: int, seconds: float
+) -> tuple[float, int, list[int]]:
+    """``rate`` records/s in batches of ``size`` to one partition for ``seconds``, read by
+    ``GROUPS`` consumer groups: the broker's CPU seconds, records sent, records each read."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(TOPIC, 1, 1)])
+    await admin.close()
+    big = 16 * 1024 * 1024
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=0, max_batch_size=big, max_request_size=big
+    )
+    await producer.start()
+    consumers = [
+        AIOKafkaConsumer(
+            TOPIC,
+            bootstrap_servers=bootstrap,
+            group_id=f"bench-{n}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=big,
+            fetch_max_bytes=big,
+        )
+        for n in range(GROUPS)
+    ]
+    try:
+        for consumer in consumers:
+            await consumer.start()
+        await asyncio.sleep(2)
+        began, stop = cpu_seconds(pid), time.monotonic() + seconds
+        sent, read = 0, [0] * GROUPS
+
+        async def produce() -> None:
+            nonlocal sent
+            due = time.monotonic()
+            while time.monotonic() < stop:
+                batch = producer.create_batch()
+                for _ in range(size):
+                    batch.append(key=None, value=READING, timestamp=None)
+                batch.close()
+                await (await producer.send_batch(batch, TOPIC, partition=0))
+                sent += size
+                due += size / rate
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+        async def consume(n: int) -> None:
+            while time.monotonic() < stop + 1:
+                got = await consumers[n].getmany(timeout_ms=100, max_records=100_000)
+                read[n] += sum(len(records) for records in got.values())
+
+        await asyncio.gather(produce(), *(consume(n) for n in range(GROUPS)))
+        return cpu_seconds(pid) - began, sent, read
+    finally:
+        for consumer in consumers:
+            await consumer.stop()
+        await producer.stop()
+
+
+def on_fresh_broker(measure: Callable[[str, int], Coroutine[Any, Any, T]]) -> T:
+    """``measure(bootstrap, pid)`` against a broker started for it."""
     work = scratch("broker")
     broker = LocalBroker(free_port(), work / "logs" / "broker.log")
     broker.start()
     try:
         assert broker.process is not None
-        pid = broker.process.pid
-        return asyncio.run(
-            feed_and_read(
-                broker.bootstrap,
-                stored=stored,
-                wait_ms=wait_ms,
-                every=every,
-                seconds=seconds,
-                pid=pid,
-            )
-        )
+        return asyncio.run(measure(broker.bootstrap, broker.process.pid))
     finally:
         broker.stop()
+
+
+def run(
+    *, stored: int, wait_ms: int, every: float, seconds: float
+) -> tuple[float, list[float], float]:
+    """On a fresh broker: its CPU seconds, and the waits and sizes of what was fetched."""
+    return on_fresh_broker(
+        lambda bootstrap, pid: feed_and_read(
+            bootstrap, stored=stored, wait_ms=wait_ms, every=every, seconds=seconds, pid=pid
+        )
+    )
 
 
 def main() -> None:
@@ -130,6 +206,7 @@ def main() -> None:
     parser.add_argument("--stored", default="3000,60000")
     parser.add_argument("--waits", default="50,20,10")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--flows", default="30000x300,30000x1500,135000x3000")
     args = parser.parse_args()
     for stored in [int(n) for n in args.stored.split(",") if n]:
         used, _, rate = run(stored=stored, wait_ms=50, every=0.02, seconds=args.seconds)
@@ -143,6 +220,17 @@ def main() -> None:
         print(
             f"fetch_max_wait_ms {wait_ms:>3}: oldest record waited p50 {q[49]:.0f} ms, "
             f"p99 {q[98]:.0f} ms; the broker used {used / args.seconds:.0%} of a core"
+        )
+    for spec in [f for f in args.flows.split(",") if f]:
+        rate, size = (int(n) for n in spec.split("x"))
+        used, sent, read = on_fresh_broker(
+            partial(flow, rate=rate, size=size, seconds=args.seconds)
+        )
+        print(
+            f"{rate:>7,} records/s asked in batches of {size:,}: {sent / args.seconds:,.0f}/s "
+            f"sent, each of {GROUPS} groups read {min(read) / max(sent, 1):.0%} of it; the "
+            f"broker used {used / args.seconds:.0%} of a core, "
+            f"{used / max(sent, 1) * 1e6:.1f} us a record"
         )
 
 

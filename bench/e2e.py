@@ -44,6 +44,7 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import numpy as np
+import psutil
 import psycopg
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -67,6 +68,23 @@ def storm_wait(now: float, lateness: float) -> float:
     of the five-minute windows ``STORM_CLOSE_AFTER`` seconds in. Those windows close
     ``lateness`` after a multiple of ``STORM_CYCLE``."""
     return (lateness - STORM_CLOSE_AFTER - now) % STORM_CYCLE
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user and system) a process and its living descendants have used."""
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    used = 0.0
+    for proc in family:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        used += times.user + times.system
+    return used
 
 
 class Run:
@@ -102,9 +120,20 @@ class Run:
         }
         return sum(ends.values()), behind
 
-    def simulate(self, rate: float, seconds: float, tag: str) -> tuple[float, dict[str, int]]:
+    def processes(self) -> dict[str, int]:
+        """The stack's processes by part (each counted with its children: PostgreSQL's
+        backends, ingest's sorting workers, the writer's roles)."""
+        parts = {"broker": self.stack.broker, "postgres": self.stack.postgres}
+        pids = {name: p.process.pid for name, p in parts.items() if p and p.process}
+        pids.update({s.name: s.process.pid for s in self.stack.services if s.process})
+        return pids
+
+    def simulate(
+        self, rate: float, seconds: float, tag: str
+    ) -> tuple[float, dict[str, int], dict[str, float]]:
         """Run the simulator at ``rate``: after a warm-up, the rate readings reached the topic
-        over ``seconds`` and how much each group's lag grew meanwhile."""
+        over ``seconds``, how much each group's lag grew meanwhile, and the CPU seconds each
+        part of the stack (and the simulator) used meanwhile."""
         log = self.work / "logs" / f"simulate-{tag}.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(
@@ -115,12 +144,15 @@ class Run:
             )  # fmt: skip
         try:
             time.sleep(WARM_UP)  # start-up and the first seconds' catch-up
+            pids = {**self.processes(), "simulator": proc.pid}
+            cpu = {name: tree_cpu(pid) for name, pid in pids.items()}
             began, (first, before) = time.monotonic(), self.lag()
             time.sleep(seconds)
             took, (last, after) = time.monotonic() - began, self.lag()
+            cpu = {name: tree_cpu(pid) - cpu[name] for name, pid in pids.items()}
         finally:
             stop_process(proc, timeout=30)
-        return (last - first) / took, {k: after[k] - before[k] for k in after}
+        return (last - first) / took, {k: after[k] - before[k] for k in after}, cpu
 
     def drain(self, timeout: float = 600.0) -> float:
         """Wait until neither consumer group lags; the seconds it took. Raises if they still
@@ -210,6 +242,17 @@ def closing_arrivals(
     return out
 
 
+def cpu_line(cpu: dict[str, float], readings: float, seconds: float) -> str:
+    """Where the CPU went: microseconds of CPU per reading, by part, busiest first."""
+    per = {name: used / max(readings, 1) * 1e6 for name, used in cpu.items()}
+    parts = ", ".join(f"{name} {us:.1f}" for name, us in sorted(per.items(), key=lambda x: -x[1]))
+    total = sum(cpu.values())
+    return (
+        f"{'':>8} CPU us/reading: {parts}; all {sum(per.values()):.1f} "
+        f"({total / seconds:.0%} of a core)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", default="5000,10000,20000,30000,40000")
@@ -260,13 +303,14 @@ def main() -> None:
             print("{:>8} {:>11} {:>12} {:>13}  kept up".format(*header))
         for rate in rates:
             run.drain()
-            achieved, growth = run.simulate(rate, args.step_seconds, f"{rate:.0f}")
+            achieved, growth, cpu = run.simulate(rate, args.step_seconds, f"{rate:.0f}")
             ok = achieved >= 0.9 * rate and max(growth.values()) <= 2 * rate
             kept = rate if ok else kept
             print(
                 f"{rate:>8,.0f} {achieved:>11,.0f} {growth['rules']:>12,} "
                 f"{growth['writer']:>13,}  {'yes' if ok else 'no'}"
             )
+            print(cpu_line(cpu, achieved * args.step_seconds, args.step_seconds))
             if not ok:
                 break
         if not kept:
@@ -299,8 +343,10 @@ def main() -> None:
         )  # fmt: skip
         since = datetime.now(UTC)
         with Seen(run.db_url, since) as seen:
-            run.simulate(kept / 2, latency_seconds, "latency")
+            achieved, _, cpu = run.simulate(kept / 2, latency_seconds, "latency")
             run.drain()
+        print(f"latency phase: {achieved:,.0f} readings/s")
+        print(cpu_line(cpu, achieved * latency_seconds, latency_seconds))
         lateness = {code: i.allowed_lateness_seconds for code, i in catalogue.by_code.items()}
         with psycopg.connect(run.db_url) as conn:
             rows = conn.execute(
