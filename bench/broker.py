@@ -2,7 +2,7 @@
 pile up, and how long a record waits for a consumer at a given fetch max wait.
 
     python -m bench.broker [--stored 3000,60000] [--waits 50,20,10] [--seconds 10]
-                           [--flows 30000x300,30000x1500,135000x3000]
+                           [--flows 30000x300,30000x1500,135000x3000] [--lingers 0,5]
 
 ``stored``: for each count, a fresh broker is given that many one-record batches over three
 partitions, then one producer sends three 100-record batches every 20 ms while one consumer
@@ -20,6 +20,12 @@ partition, read whole by three consumer groups (as the rules engine and the writ
 readings topic): the broker's CPU per record. What it costs goes by the batch far more than
 by the record, so this says how much of the readings' rate the broker alone allows at a
 given batch size.
+
+``lingers``: eight requests at once, twenty times, each handing 100 records to
+``KeyedBatches`` (as ingest does) with that linger in ms, through a producer lingering 5 ms:
+how long each waited for the broker's acknowledgement. With no linger each request is a
+batch of its own, and the producer sends a partition's batches one at a time, each after its
+linger.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.scratch import scratch
+from services.kafka import KeyedBatches
 from services.local.broker import LocalBroker
 from services.local.processes import free_port
 
@@ -51,6 +58,7 @@ READING = (
     b'"location":{"lon":113.3,"lat":23.1,"grid":"g1","street":"s1","district":"d1"}}'
 )
 GROUPS = 3
+ROUNDS = 20
 
 
 def cpu_seconds(pid: int) -> float:
@@ -178,6 +186,32 @@ async def flow(
         await producer.stop()
 
 
+async def posts(bootstrap: str, pid: int, *, linger_ms: int) -> list[float]:
+    """Each request's wait (ms) for its records' acknowledgement: ``ROUNDS`` of eight."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(TOPIC, 1, 1)])
+    await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    batches = KeyedBatches(producer, linger=linger_ms / 1000)
+    records = [(b"device", READING)] * 100
+
+    async def request() -> float:
+        began = time.monotonic()
+        await asyncio.gather(*await batches.send(TOPIC, records))
+        return (time.monotonic() - began) * 1000
+
+    try:
+        waits: list[float] = []
+        for _ in range(ROUNDS):
+            waits += await asyncio.gather(*(request() for _ in range(8)))
+            await asyncio.sleep(0.05)
+        return waits
+    finally:
+        await producer.stop()
+
+
 def on_fresh_broker(measure: Callable[[str, int], Coroutine[Any, Any, T]]) -> T:
     """``measure(bootstrap, pid)`` against a broker started for it."""
     work = scratch("broker")
@@ -207,6 +241,7 @@ def main() -> None:
     parser.add_argument("--waits", default="50,20,10")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--flows", default="30000x300,30000x1500,135000x3000")
+    parser.add_argument("--lingers", default="0,5")
     args = parser.parse_args()
     for stored in [int(n) for n in args.stored.split(",") if n]:
         used, _, rate = run(stored=stored, wait_ms=50, every=0.02, seconds=args.seconds)
@@ -231,6 +266,13 @@ def main() -> None:
             f"sent, each of {GROUPS} groups read {min(read) / max(sent, 1):.0%} of it; the "
             f"broker used {used / args.seconds:.0%} of a core, "
             f"{used / max(sent, 1) * 1e6:.1f} us a record"
+        )
+    for linger_ms in [int(n) for n in args.lingers.split(",") if n]:
+        waits = on_fresh_broker(partial(posts, linger_ms=linger_ms))
+        q = statistics.quantiles(waits, n=100)
+        print(
+            f"8 requests at once, linger {linger_ms} ms: each waited p50 {q[49]:.0f} ms, "
+            f"max {max(waits):.0f} ms for the broker's acknowledgement"
         )
 
 

@@ -26,7 +26,9 @@ class Gateway:
         self.producer = producer
         self.timeout = settings.ingest.delivery_timeout_seconds
         self.recent = RecentIds(settings.ingest.dedupe_capacity)
-        self.batches = KeyedBatches(producer)
+        # Concurrent requests' readings share a batch per partition: one per request cost
+        # the broker most of what it spent on them.
+        self.batches = KeyedBatches(producer, linger=settings.kafka.linger_ms / 1000)
 
     async def publish(self, readings: list[Accepted], letters: list[DeadLetter]) -> None:
         """Hand everything to the broker and wait for its acknowledgement, or raise."""

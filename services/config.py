@@ -43,7 +43,12 @@ class KafkaSettings(_Section):
     # Apache Kafka supports the idempotent producer; the local Tansu broker does not.
     enable_idempotence: bool = False
     request_timeout_ms: int = Field(default=10_000, ge=1000)
-    linger_ms: int = Field(default=5, ge=0)
+    linger_ms: int = Field(
+        default=5,
+        ge=0,
+        description="How long a producer batch waits for more records: ingest's concurrent "
+        "requests share one batch per partition for this long (0: a batch per request).",
+    )
     max_batch_records: int = Field(default=5_000, ge=1, description="Records per consumer batch.")
     # How long the broker may hold a fetch waiting for data: bounds reading-to-alert latency.
     fetch_max_wait_ms: int = Field(default=50, ge=0)

@@ -118,17 +118,38 @@ def encode(model: Any) -> bytes:
     return data
 
 
+class _Open:
+    """A batch still taking records from concurrent senders, until ``KeyedBatches.linger``
+    has passed since its first. ``delivered`` settles with the broker's acknowledgement."""
+
+    __slots__ = ("builder", "delivered")
+
+    def __init__(self, builder: Any, delivered: asyncio.Future[Any]) -> None:
+        self.builder = builder
+        self.delivered = delivered
+
+
 class KeyedBatches:
     """Records for a topic sent as one producer batch per partition (far cheaper than a send
-    per record), placed by the producer's own key partitioner so a key keeps its partition."""
+    per record), placed by the producer's own key partitioner so a key keeps its partition.
+
+    With ``linger`` (seconds), what concurrent senders hand over within it goes as one batch
+    per partition: the local broker's cost goes by the batch far more than by the record
+    (``python -m bench.broker --flows``), and ingest would otherwise store one batch per
+    request. Batches of a partition go to the producer in the order they were opened."""
 
     CACHE = 1_000_000  # keys whose partition is remembered, per topic
 
-    def __init__(self, producer: AIOKafkaProducer) -> None:
+    def __init__(self, producer: AIOKafkaProducer, linger: float = 0.0) -> None:
         self.producer = producer
+        self.linger = linger
         self.partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
         self._placed: dict[str, dict[bytes, int]] = {}
+        self._open: dict[tuple[str, int], _Open] = {}
+        # Per partition: settles when its last closed batch has been given to the producer.
+        self._handed: dict[tuple[str, int], asyncio.Future[None]] = {}
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def send(
         self, topic: str, records: Sequence[tuple[bytes, bytes]]
@@ -143,6 +164,8 @@ class KeyedBatches:
             by_partition = {partitions[0]: list(records)}
         else:
             by_partition = self._place(topic, partitions, records)
+        if self.linger:
+            return [f for p, items in by_partition.items() for f in self._join(topic, p, items)]
         sends: list[asyncio.Future[Any]] = []
         for partition, items in by_partition.items():
             batch = self.producer.create_batch()
@@ -153,6 +176,77 @@ class KeyedBatches:
                     batch.append(key=key, value=value, timestamp=None)
             sends.append(await self.producer.send_batch(batch, topic, partition=partition))
         return sends
+
+    def _join(
+        self, topic: str, partition: int, items: Sequence[tuple[bytes, bytes]]
+    ) -> list[asyncio.Future[Any]]:
+        """Append to the partition's open batch (opening one, or another when it is full);
+        the futures of the batches the records went into."""
+        where = (topic, partition)
+        batch = self._open.get(where) or self._start(where)
+        # Shielded: a sender that gives up (its request timed out) cancels only its own wait.
+        futures = [asyncio.shield(batch.delivered)]
+        for key, value in items:
+            if batch.builder.append(key=key, value=value, timestamp=None) is None:
+                self._hand_over(where, batch)
+                batch = self._start(where)
+                futures.append(asyncio.shield(batch.delivered))
+                batch.builder.append(key=key, value=value, timestamp=None)
+        return futures
+
+    def _start(self, where: tuple[str, int]) -> _Open:
+        batch = self._open[where] = _Open(
+            self.producer.create_batch(), asyncio.get_running_loop().create_future()
+        )
+        # Nobody may be waiting when it fails (a sender that timed out): not an error then.
+        batch.delivered.add_done_callback(lambda f: f.cancelled() or f.exception())
+        asyncio.get_running_loop().call_later(self.linger, self._hand_over, where, batch)
+        return batch
+
+    def _hand_over(self, where: tuple[str, int], batch: _Open) -> None:
+        """Close the batch to new records and send it after the partition's previous one."""
+        if self._open.get(where) is not batch:
+            return  # handed over already (it filled up before its linger ran out)
+        del self._open[where]
+        handed = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._send(where, batch, self._handed.get(where), handed))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+        self._handed[where] = handed
+        handed.add_done_callback(
+            lambda f: self._handed.pop(where, None) if self._handed.get(where) is f else None
+        )
+
+    async def _send(
+        self,
+        where: tuple[str, int],
+        batch: _Open,
+        previous: asyncio.Future[None] | None,
+        handed: asyncio.Future[None],
+    ) -> None:
+        """Give the batch to the producer once the one before it has been; settle
+        ``delivered`` with the broker's answer."""
+        try:
+            try:
+                if previous is not None:
+                    await asyncio.wait([previous])
+                # Closed, it goes out at once: it has lingered here already, and the producer
+                # would keep an open one for its own linger, with the next batch waiting.
+                batch.builder.close()
+                sent = await self.producer.send_batch(batch.builder, where[0], partition=where[1])
+            finally:
+                if not handed.done():
+                    handed.set_result(None)
+            outcome = await sent
+        except asyncio.CancelledError:
+            batch.delivered.cancel()
+            raise
+        except Exception as exc:
+            if not batch.delivered.done():
+                batch.delivered.set_exception(exc)
+        else:
+            if not batch.delivered.done():
+                batch.delivered.set_result(outcome)
 
     def _place(
         self, topic: str, partitions: list[int], records: Sequence[tuple[bytes, bytes]]
