@@ -26,8 +26,8 @@ class Gateway:
         self.producer = producer
         self.timeout = settings.ingest.delivery_timeout_seconds
         self.recent = RecentIds(settings.ingest.dedupe_capacity)
-        # Concurrent requests' readings share a batch per partition: one per request cost
-        # the broker most of what it spent on them.
+        # Concurrent requests' readings share a batch per partition: with a batch each, the
+        # producer sent them one after another, each after its linger, and requests queued.
         self.batches = KeyedBatches(producer, linger=settings.kafka.linger_ms / 1000)
 
     async def publish(self, readings: list[Accepted], letters: list[DeadLetter]) -> None:

@@ -134,9 +134,10 @@ class KeyedBatches:
     per record), placed by the producer's own key partitioner so a key keeps its partition.
 
     With ``linger`` (seconds), what concurrent senders hand over within it goes as one batch
-    per partition: the local broker's cost goes by the batch far more than by the record
-    (``python -m bench.broker --flows``), and ingest would otherwise store one batch per
-    request. Batches of a partition go to the producer in the order they were opened."""
+    per partition. The producer sends a partition's batches one after another, each after its
+    own linger, so with a batch per sender eight concurrent requests waited p50 38 ms for
+    their acknowledgement, 10 ms sharing one (``python -m bench.broker --lingers 0,5``).
+    Batches of a partition go to the producer in the order they were opened."""
 
     CACHE = 1_000_000  # keys whose partition is remembered, per topic
 
