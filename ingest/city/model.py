@@ -145,13 +145,16 @@ class City:
             idx, t = idx[keep], t[keep]
         values = self.values(idx, t, running)
         second = int(now) - 1
-        stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S").encode()
+        # The second before now's and now's, written once each: readings in the current second
+        # (millis from 1000) take the second; writing it per reading was a third of what the
+        # simulator spent.
+        stamps = (_second_text(second), _second_text(second + 1))
         millis = np.clip(((t - second) * 1000).astype(np.int64), 0, 1999)
         parts = [
             self._prefix[i]
             + f"{v:.2f}".encode()
             + b',"ts":"'
-            + (stamp if ms < 1000 else _next_second(second))
+            + stamps[ms // 1000]
             + f".{ms % 1000:03d}Z".encode()
             + b'"}'
             for i, v, ms in zip(idx.tolist(), values.tolist(), millis.tolist(), strict=True)
@@ -159,5 +162,5 @@ class City:
         return b"[" + b",".join(parts) + b"]"
 
 
-def _next_second(second: int) -> bytes:
-    return datetime.fromtimestamp(second + 1, UTC).strftime("%Y-%m-%dT%H:%M:%S").encode()
+def _second_text(second: int) -> bytes:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S").encode()

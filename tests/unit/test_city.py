@@ -110,3 +110,16 @@ def test_a_body_spreads_its_readings_over_the_span_before_now(city: City, span: 
     ]
     assert T - span - 0.002 <= min(times) < T - span + 0.01
     assert max(times) <= T
+
+
+def test_a_body_across_a_second_boundary_stamps_each_reading_in_its_own_second(
+    city: City,
+) -> None:
+    now = T + 0.4
+    times = [
+        datetime.fromisoformat(i["ts"]).timestamp()
+        for i in orjson.loads(city.body(now, 1000, span=1.0))
+    ]
+    assert now - 1.0 - 0.002 <= min(times) and max(times) <= now
+    assert {int(t) for t in times} == {int(T) - 1, int(T)}
+    assert times == sorted(times)  # no reading of the later second stamped with the earlier
