@@ -3,9 +3,11 @@ history query latency over a month of data.
 
     python -m bench.storage [--rows 300000] [--days 30] [--scopes 1000] [--interval-minutes 5]
 
-It starts its own broker and PostgreSQL in a temporary directory. Three load figures, each
+It starts its own broker and PostgreSQL in a temporary directory. Four load figures, each
 into an empty ``readings`` table of its own database, from the same readings:
-  raw COPY     rows already built in Python, written with binary COPY (the reference);
+  raw COPY     rows already built in Python, written with binary COPY (the reference), with
+               the CPU PostgreSQL spent a row; then the same without the history index
+               (device, metric, time), which is most of that CPU;
   writer core  the writer's batch path on records already in memory: decode, validate, COPY,
                offsets in the same transaction;
   writer       the writer process's consumer loop from the broker until every row is stored.
@@ -26,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import psutil
 import psycopg
 from aiokafka import ConsumerRecord, TopicPartition
 from pydantic import SecretStr
@@ -59,17 +62,21 @@ def readings(count: int, t0: datetime) -> list[SensorReading]:
     ]
 
 
-def raw_copy(url: str, rows: list[tuple[object, ...]]) -> float:
-    """Rows/s of a bare binary COPY of prebuilt rows."""
+def raw_copy(url: str, rows: list[tuple[object, ...]]) -> tuple[float, float]:
+    """Rows/s of a bare binary COPY of prebuilt rows, and the CPU its PostgreSQL backend
+    spent a row (microseconds, user and system)."""
     columns = ", ".join(READING_COLUMNS)
     with psycopg.connect(url) as conn, conn.cursor() as cur:
+        backend = psutil.Process(conn.info.backend_pid)
+        cpu = sum(backend.cpu_times()[:2])
         began = time.perf_counter()
         with cur.copy(f"COPY readings ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(list(READING_TYPES))
             for row in rows:
                 copy.write_row(row)
         conn.commit()
-        return len(rows) / (time.perf_counter() - began)
+        took = time.perf_counter() - began
+        return len(rows) / took, (sum(backend.cpu_times()[:2]) - cpu) / len(rows) * 1e6
 
 
 def writer_core(settings: Settings, values: list[bytes], batch: int) -> float:
@@ -251,9 +258,11 @@ def main() -> None:
     broker.start()
     try:
         databases = {}
-        for name in ("raw", "core", "writer", "history"):
+        for name in ("raw", "unindexed", "core", "writer", "history"):
             databases[name] = pg.create_database(name)
             migrate(DatabaseSettings(url=SecretStr(databases[name])))
+        with psycopg.connect(databases["unindexed"], autocommit=True) as conn:
+            conn.execute("DROP INDEX readings_device_metric_ts")
 
         t0 = datetime(2026, 6, 1, tzinfo=UTC)
         models = readings(args.rows, t0)
@@ -271,8 +280,16 @@ def main() -> None:
             )  # fmt: skip
 
         print(f"load: {args.rows:,} readings, batches of {args.batch:,}")
-        raw = raw_copy(databases["raw"], rows)
-        print(f"  raw binary COPY      {raw:>12,.0f} rows/s   (reference)")
+        raw, cpu = raw_copy(databases["raw"], rows)
+        print(
+            f"  raw binary COPY      {raw:>12,.0f} rows/s   (reference); "
+            f"PostgreSQL {cpu:.1f} us CPU a row"
+        )
+        bare, bare_cpu = raw_copy(databases["unindexed"], rows)
+        print(
+            f"  ... no history index {bare:>12,.0f} rows/s   {bare / raw:5.2f} x raw; "
+            f"PostgreSQL {bare_cpu:.1f} us CPU a row"
+        )
         core = writer_core(settings("core", "bench-core"), values, args.batch)
         print(f"  writer core          {core:>12,.0f} rows/s   {core / raw:5.2f} x raw")
         proc = writer_process(
