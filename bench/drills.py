@@ -1,14 +1,16 @@
 """Reliability drills on a local stack under load; each prints what it found.
 
     python -m bench.drills kill      [--seconds 90] [--rate 1000] [--kills 4]
-    python -m bench.drills postgres  [--seconds 60] [--rate 1000] [--down 8]
+    python -m bench.drills postgres  [--seconds 60] [--rate 1000] [--down 8] [--crash]
     python -m bench.drills broker    [--seconds 30] [--rate 1000] [--down 15]
     python -m bench.drills poison
     python -m bench.drills fuzz      [--examples 50]   (needs pip install -e '.[bench]')
 
 kill      SIGKILL the rules engine and the writer in turn at random moments while gateways
           post readings, restarting each at once.
-postgres  stop PostgreSQL under load for ``--down`` seconds, then start it again.
+postgres  stop PostgreSQL under load for ``--down`` seconds, then start it again; ``--crash``
+          stops it as a crash does (immediate shutdown: unwritten WAL lost, recovery at start),
+          which is what the writer's commits without waiting for the disk must survive.
 broker    stop the broker under load: ingest must answer 503 and accept nothing meanwhile.
 poison    undecodable and invalid records on every topic the platform reads.
 fuzz      ingest's and the API's OpenAPI documents fuzzed by schemathesis: no 5xx allowed.
@@ -248,8 +250,9 @@ def postgres(args: argparse.Namespace) -> bool:
         assert drill.stack.postgres is not None
         drill.start_feed()
         time.sleep(args.seconds / 3)
-        print(f"  PostgreSQL stopped at {datetime.now(UTC):%H:%M:%S}")
-        drill.stack.postgres.stop()
+        how = "crashed (immediate shutdown)" if args.crash else "stopped"
+        print(f"  PostgreSQL {how} at {datetime.now(UTC):%H:%M:%S}")
+        drill.stack.postgres.stop(crash=args.crash)
         time.sleep(args.down)
         drill.stack.postgres.start()
         print(f"  PostgreSQL started at {datetime.now(UTC):%H:%M:%S}")
@@ -404,6 +407,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="Readings per second.")
     parser.add_argument("--kills", type=int, default=4)
     parser.add_argument("--down", type=float, default=8.0, help="Seconds a part is down.")
+    parser.add_argument(
+        "--crash",
+        action="store_true",
+        help="postgres: an immediate shutdown (as a crash: what was not yet written to the "
+        "WAL on disk is lost) instead of a fast one.",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--examples", type=int, default=50, help="Fuzz cases per operation.")
     args = parser.parse_args()

@@ -234,6 +234,8 @@ class LocalPostgres:
                 conn.execute(query)
         return self.url(name)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Fast shutdown: roll back open transactions, checkpoint, exit."""
-        stop_process(self.process, timeout=timeout, sig=signal.SIGINT)
+    def stop(self, timeout: float = 30.0, *, crash: bool = False) -> None:
+        """Fast shutdown: roll back open transactions, checkpoint, exit. ``crash``: immediate
+        shutdown instead, as a crash: no checkpoint, WAL not yet written is lost, and the
+        next start recovers from what reached the disk."""
+        stop_process(self.process, timeout=timeout, sig=signal.SIGQUIT if crash else signal.SIGINT)

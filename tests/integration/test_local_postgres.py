@@ -62,3 +62,24 @@ def test_embedded_binaries_in_a_private_directory_are_mirrored_and_run(workdir: 
             server.stop()
     finally:
         shutil.rmtree(private)
+
+
+def test_after_a_crash_the_server_starts_again_with_every_committed_row(workdir: Path) -> None:
+    """An immediate shutdown (``stop(crash=True)``, what the postgres drill's ``--crash`` does)
+    leaves no checkpoint; the next start recovers from the WAL, and what was committed (and
+    so flushed) is there."""
+    server = LocalPostgres(workdir / "pg-crash", free_port(), workdir / "pg-crash.log")
+    server.start()
+    try:
+        with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (n int)")
+            conn.execute("INSERT INTO kept SELECT generate_series(1, 1000)")
+        server.stop(crash=True)
+        server.start()
+        with psycopg.connect(server.url("postgres")) as conn:
+            row = conn.execute("SELECT count(*) FROM kept").fetchone()
+        assert row == (1000,)
+        log = (workdir / "pg-crash.log").read_text()
+        assert "database system was not properly shut down" in log
+    finally:
+        server.stop()
