@@ -317,29 +317,41 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, consumer: AIOKafkaConsumer, handler: BatchHandler) -> None:
         self.consumer = consumer
         self.handler = handler
+        # The consumer's positions may be ahead of what the handler's effects durably hold:
+        # rewind to its stored offsets before the next batch is written.
+        self.unsure = False
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         await self.handler.revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        resume = await self.handler.assigned(set(assigned))
+        try:
+            resume = await self.handler.assigned(set(assigned))
+        except Unavailable as exc:
+            # The positions are Kafka's committed offsets, which may run ahead of the stored
+            # ones (a commit lost with the database): the loop rewinds once it can read them.
+            log.warning("cannot read stored offsets at assignment: %s", exc)
+            self.unsure = True
+            return
         for tp, offset in resume.items():
             self.consumer.seek(tp, offset)
         if resume:
             log.info("resuming %d partitions from offsets kept with their effects", len(resume))
 
 
-async def _rewind(consumer: AIOKafkaConsumer, handler: BatchHandler, batch: Batch) -> None:
+async def _rewind(consumer: AIOKafkaConsumer, handler: BatchHandler, why: str) -> None:
     """Put every owned partition back where its stored effects say it stands (a handler that
-    saves every few batches may hold unsaved work for partitions outside this batch)."""
+    saves every few batches may hold unsaved work for partitions outside this batch); one
+    with no stored offset has no stored effects, and is read from its beginning. Raises
+    ``Unavailable`` when the stored offsets cannot be read."""
     partitions = set(consumer.assignment())
     kept = await handler.assigned(partitions)
     for tp in partitions:
         if tp in kept:
             consumer.seek(tp, kept[tp])
-        elif batch.get(tp):
-            consumer.seek(tp, batch[tp][0].offset)
-    log.warning("batch fenced by another group member; re-reading %d partitions", len(partitions))
+    if missing := partitions - kept.keys():
+        await consumer.seek_to_beginning(*missing)
+    log.warning("%s; re-reading %d partitions from their stored offsets", why, len(partitions))
 
 
 async def _wait_paused(
@@ -387,7 +399,8 @@ async def run_consumer(
         session_timeout_ms=kafka.session_timeout_ms,
         heartbeat_interval_ms=max(kafka.session_timeout_ms // 4, 300),
     )
-    consumer.subscribe(list(topics), listener=_Rebalance(consumer, handler))
+    listener = _Rebalance(consumer, handler)
+    consumer.subscribe(list(topics), listener=listener)
     await consumer.start()
     log.info("consuming %s as group %s", list(topics), group_id)
     backoff = Backoff()
@@ -401,11 +414,19 @@ async def run_consumer(
             if not batch:
                 continue
             try:
+                if listener.unsure:
+                    # After the effects' store went away, what was last written may not have
+                    # lasted (a commit that did not wait for the disk, lost in a crash): the
+                    # stored offsets, not the consumer's positions, say where to go on.
+                    await _rewind(consumer, handler, "the store was away")
+                    listener.unsure = False
+                    continue
                 await handler.handle(batch)
             except Fenced:
-                await _rewind(consumer, handler, batch)
+                await _rewind(consumer, handler, "batch fenced by another group member")
                 continue
             except Unavailable as exc:
+                listener.unsure = True
                 delay = backoff.next()
                 log.warning("pausing consumption for %.1f s: %s", delay, exc)
                 await _wait_paused(consumer, batch, delay, stop)

@@ -274,15 +274,24 @@ ON CONFLICT (alert_id) DO UPDATE SET
 WHERE alerts.last_seq < EXCLUDED.last_seq
 """
 
-# Compare-and-set: advance only from at or before where this batch starts. A member that
-# lost the partition in a rebalance but is still writing (a zombie) finds the offset moved
-# past its batch, writes nothing, and re-reads.
+# Compare-and-set on the offset this writer last stored (or read at assignment): a member that
+# lost the partition in a rebalance but is still writing (a zombie) finds it moved, and so
+# does a writer whose last commit PostgreSQL lost in a crash (commits need not wait for the
+# disk: WriterSettings.synchronous_commit) and finds it moved back; either writes nothing and
+# re-reads from the stored offsets. A batch must also start at or after it: a batch already
+# written, delivered again, is refused too. Offsets may have gaps in Kafka (a batch can start
+# past the stored offset). With none expected, only a partition without a stored offset is
+# written (its row is made here).
 ADVANCE_OFFSET = """
 INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset, updated_at)
-VALUES (%(group)s, %(topic)s, %(partition)s, %(next)s, now())
+SELECT %(group)s, %(topic)s, %(partition)s, %(next)s, now()
+WHERE %(expected)s::bigint IS NULL OR EXISTS (
+    SELECT 1 FROM consumer_offsets
+    WHERE consumer_group = %(group)s AND topic = %(topic)s AND partition = %(partition)s
+)
 ON CONFLICT (consumer_group, topic, partition)
 DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = EXCLUDED.updated_at
-WHERE consumer_offsets.next_offset <= %(first)s
+WHERE consumer_offsets.next_offset = %(expected)s::bigint AND %(expected)s::bigint <= %(first)s
 """
 
 
@@ -423,11 +432,19 @@ class WriterHandler:
         self.marks_rollups = False  # plain layout: mark the rollup buckets readings change
         self.producer = producer
         self.nice_backend = False  # give the writing connection's backend this niceness
+        # The stored offset each partition's next batch must find (None: no row yet), from
+        # assignment and from this writer's own commits: see ADVANCE_OFFSET.
+        self.expected: dict[TopicPartition, int | None] = {}
 
     async def connection(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
-        """The writing connection, opened again after the database went away."""
+        """The writing connection, opened again after the database went away. One found
+        closed is reported (``Unavailable``) rather than silently replaced: what it last
+        committed may not have lasted, and the consumer loop first rewinds to the stored
+        offsets."""
+        if self.conn is not None and self.conn.closed:
+            raise await self._lost(psycopg.OperationalError("the connection was closed"))
         try:
-            if self.conn is None or self.conn.closed:
+            if self.conn is None:
                 self.conn = None
                 self.staged = False
                 url = self.settings.db.url.get_secret_value()
@@ -439,6 +456,9 @@ class WriterHandler:
                     await nice_backend(self.conn)
             if not self.staged:
                 await self.conn.execute(STAGING)
+                # Safe off: see WriterSettings.synchronous_commit.
+                commit = "on" if self.settings.writer.synchronous_commit else "off"
+                await self.conn.execute(f"SET synchronous_commit = {commit}")
                 self.marks_rollups = await current(self.conn) is Layout.PLAIN
                 self.staged = True
         except psycopg.OperationalError as exc:
@@ -467,10 +487,12 @@ class WriterHandler:
                 )
                 rows = cast(list[tuple[str, int, int]], await cur.fetchall())
         except psycopg.OperationalError as exc:
-            # Resuming from Kafka's committed offsets is safe: they never run ahead of the
-            # stored ones, and the compare-and-set fences any batch already written.
+            # Kafka's committed offsets may run ahead of the stored ones (a commit lost in a
+            # crash): the consumer loop rewinds to these once it can read them.
             raise Unavailable(f"cannot read stored offsets: {exc}") from exc
         kept = {TopicPartition(t, p): o for t, p, o in rows}
+        for tp in partitions:
+            self.expected[tp] = kept.get(tp)
         return {tp: kept[tp] for tp in partitions if tp in kept}
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
@@ -594,7 +616,10 @@ class WriterHandler:
                     continue
                 await cur.execute(ADVANCE_OFFSET, self._advance(tp, records))
                 if cur.rowcount != 1:
-                    raise Fenced(f"{tp} was written past offset {records[0].offset}")
+                    raise Fenced(
+                        f"{tp} is not at offset {self.expected.get(tp)} or was written past "
+                        f"{records[0].offset}"
+                    )
             if decoded.readings:
                 await copy_rows(cur, "readings", READING_COLUMNS, READING_TYPES, decoded.readings)
                 if self.marks_rollups:
@@ -617,8 +642,15 @@ class WriterHandler:
                 await cur.execute(MOVE_VALUES)
             if decoded.transitions:
                 await cur.execute(STORE_TRANSITIONS, (transitions_json(decoded.transitions),))
+        self._stored(batch)
         if decoded.transitions:
             self._log_transitions(batch, len(decoded.transitions), began)
+
+    def _stored(self, batch: Batch) -> None:
+        """The batch's transaction committed: its end offsets are what the next expects."""
+        for tp, records in batch.items():
+            if records:
+                self.expected[tp] = records[-1].offset + 1
 
     def _advance(
         self, tp: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]
@@ -629,6 +661,7 @@ class WriterHandler:
             "partition": tp.partition,
             "first": records[0].offset,
             "next": records[-1].offset + 1,
+            "expected": self.expected.get(tp),
         }
 
     async def _write_transitions(
@@ -656,6 +689,7 @@ class WriterHandler:
             for tp, first, cur in advanced:
                 if cur.rowcount != 1:
                     raise Fenced(f"{tp} was written past offset {first}")
+        self._stored(batch)
 
     @staticmethod
     def _log_transitions(batch: Batch, count: int, began: float) -> None:

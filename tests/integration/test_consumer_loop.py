@@ -1,4 +1,5 @@
-"""The shared consumer loop on the real broker: a busy partition does not starve a quiet one."""
+"""The shared consumer loop on the real broker: a busy partition does not starve a quiet one;
+after the effects' store was away, it goes on from the stored offsets."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from services.config import KafkaSettings
-from services.kafka import Batch, run_consumer
+from services.kafka import Batch, Unavailable, run_consumer
 from services.local.broker import LocalBroker
 
 BULK, TRICKLE = 20_000, 5
@@ -96,3 +97,84 @@ def test_quiet_partition_is_not_starved_by_a_backlogged_one(broker: LocalBroker)
         f"the quiet topic's records waited until batch {first_trickle} of {len(seen)}, "
         f"after the busy one's backlog (its last batch {last_bulk})"
     )
+
+
+class LosingStore:
+    """A handler keeping its offsets with its effects, in memory. Once, after ``lose_after``
+    records, the last batch's commit does not last (as in a database crash before it reached
+    the disk) and the next batch finds the store away. Every batch must start exactly where
+    the stored offset stands: a gap is a lost batch."""
+
+    def __init__(self, stop: asyncio.Event, total: int, lose_after: int) -> None:
+        self.stop = stop
+        self.total = total
+        self.lose_after = lose_after
+        self.stored: dict[TopicPartition, int] = {}
+        self.previous: dict[TopicPartition, int] = {}
+        self.handled = 0
+        self.lost_at: int | None = None
+        self.starts: list[int] = []
+
+    async def assigned(self, partitions: set[TopicPartition]) -> Mapping[TopicPartition, int]:
+        return {tp: offset for tp, offset in self.stored.items() if tp in partitions}
+
+    async def revoked(self, partitions: set[TopicPartition]) -> None:
+        return None
+
+    async def handle(self, batch: Batch) -> None:
+        if self.lost_at is None and self.handled >= self.lose_after:
+            self.lost_at = self.handled
+            self.stored = dict(self.previous)
+            raise Unavailable("the store crashed; its last commit did not last")
+        for tp, records in batch.items():
+            if records:
+                assert records[0].offset == self.stored.get(tp, 0), "a batch was skipped"
+        self.previous = dict(self.stored)
+        for tp, records in batch.items():
+            if records:
+                self.starts.append(records[0].offset)
+                self.stored[tp] = records[-1].offset + 1
+                self.handled += len(records)
+        if sum(self.stored.values()) >= self.total:
+            self.stop.set()
+
+
+def test_after_the_store_was_away_the_loop_resumes_from_its_stored_offsets(
+    broker: LocalBroker,
+) -> None:
+    """A commit the store lost leaves its stored offset behind the consumer: the loop must go
+    on from the stored offsets, not from where the failed batch began."""
+    topic = f"loop-{uuid.uuid4().hex[:8]}.lossy"
+    kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, max_batch_records=100)
+    total = 1_000
+
+    async def scenario() -> LosingStore:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, linger_ms=20)
+        await producer.start()
+        try:
+            admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+            await admin.start()
+            try:
+                await admin.create_topics([NewTopic(topic, 1, 1)])
+            finally:
+                await admin.close()
+            for i in range(total):
+                await producer.send(topic, b"reading %d" % i)
+            await producer.flush()
+            stop = asyncio.Event()
+            store = LosingStore(stop, total, lose_after=300)
+            await asyncio.wait_for(
+                run_consumer(
+                    kafka, group_id=f"{topic}-group", topics=[topic], handler=store, stop=stop
+                ),
+                timeout=60,
+            )
+        finally:
+            await producer.stop()
+        return store
+
+    store = asyncio.run(scenario())
+    assert store.lost_at is not None
+    assert sum(store.stored.values()) == total
+    # The batch whose commit was lost was read again: some start repeats.
+    assert len(store.starts) > len(set(store.starts))

@@ -17,7 +17,15 @@ from schemas.deadletter import DeadLetter
 from schemas.indicator_values import IndicatorValue, value_id_for
 from schemas.readings import SensorReading
 from services.config import DatabaseSettings, Settings, WriterSettings
-from services.kafka import Batch, Fenced, dead_letter, encode, ensure_topics, make_producer
+from services.kafka import (
+    Batch,
+    Fenced,
+    Unavailable,
+    dead_letter,
+    encode,
+    ensure_topics,
+    make_producer,
+)
 from services.local.broker import LocalBroker
 from services.local.postgres import LocalPostgres
 from services.storage.writer import WriterHandler
@@ -325,12 +333,14 @@ def test_alert_batches_are_fenced_and_stored_once(
                 {tp0: as_records(topic, 0, one[:2]), tp1: as_records(topic, 0, two[:1], 1)}
             )
             # B now owns partition 0; a restarted engine re-emitted the first two, then the third.
+            assert await b.assigned({tp0}) == {tp0: 2}
             await b.handle({tp0: as_records(topic, 2, one)})
             with pytest.raises(Fenced):
                 await a.handle(
                     {tp0: as_records(topic, 2, one[2:]), tp1: as_records(topic, 1, two[1:], 1)}
                 )
             assert transitions_of("wl-2") == 1, "part of a fenced batch was kept"
+            assert await b.assigned({tp1}) == {tp1: 1}  # and then partition 1
             await b.handle({tp1: as_records(topic, 1, two[1:], 1)})
             assert await a.assigned({tp0, tp1}) == {tp0: 5, tp1: 3}
             for handler in (a, b):
@@ -418,3 +428,104 @@ def test_a_dead_letter_sent_twice_is_stored_once(
             ("ingest", None, None),
             ("ingest", None, None),
         ]
+
+
+@pytest.mark.parametrize("synchronous", [False, True])
+def test_batches_commit_without_waiting_for_the_disk_unless_asked(
+    broker: LocalBroker, postgres: LocalPostgres, synchronous: bool
+) -> None:
+    """A lost transaction loses its offsets with it, so the writer need not wait for the
+    disk (WriterSettings.synchronous_commit); whichever way, the batch is stored once."""
+    url = fresh_database(postgres)
+    settings = writer_settings(url, broker, f"commit-{synchronous}")
+    settings = settings.model_copy(
+        update={"writer": settings.writer.model_copy(update={"synchronous_commit": synchronous})}
+    )
+
+    async def scenario() -> str:
+        producer = make_producer(settings.kafka)
+        await producer.start()
+        handler = WriterHandler(settings, None, producer)
+        try:
+            await handler.handle({TopicPartition(TOPIC, 0): records(0, 20)})
+            conn = await handler.connection()
+            cur = await conn.execute("SHOW synchronous_commit")
+            row = await cur.fetchone()
+            assert row is not None
+            return str(row[0])
+        finally:
+            if handler.conn is not None:
+                await handler.conn.close()
+            await producer.stop()
+
+    assert asyncio.run(scenario()) == ("on" if synchronous else "off")
+    assert stored(url) == (20, 20)
+
+
+def test_a_commit_lost_in_a_crash_is_written_again_not_skipped(
+    broker: LocalBroker, postgres: LocalPostgres
+) -> None:
+    """Commits need not wait for the disk, so PostgreSQL may lose the last one in a crash,
+    rows and offset together. The next batch then finds the stored offset behind what the
+    writer stored: it writes nothing (Fenced), and from the stored offsets read again the lost
+    batch is written once."""
+    url = fresh_database(postgres)
+    settings = writer_settings(url, broker, "lost-commit")
+    tp = TopicPartition(TOPIC, 0)
+
+    async def scenario() -> None:
+        producer = make_producer(settings.kafka)
+        await producer.start()
+        handler = WriterHandler(settings, None, producer)
+        try:
+            assert await handler.assigned({tp}) == {}
+            await handler.handle({tp: records(0, 10)})
+            await handler.handle({tp: records(10, 10)})
+            with psycopg.connect(url) as conn:  # the crash: the second commit did not last
+                conn.execute(
+                    "DELETE FROM readings WHERE ts >= %s",
+                    (datetime(2026, 7, 1, 0, 0, 10, tzinfo=UTC),),
+                )
+                conn.execute("UPDATE consumer_offsets SET next_offset = 10")
+            with pytest.raises(Fenced):
+                await handler.handle({tp: records(20, 10)})
+            assert stored(url) == (10, 10)
+            assert await handler.assigned({tp}) == {tp: 10}
+            await handler.handle({tp: records(10, 20)})
+        finally:
+            if handler.conn is not None:
+                await handler.conn.close()
+            await producer.stop()
+
+    asyncio.run(scenario())
+    assert stored(url) == (30, 30)
+
+
+def test_a_closed_connection_is_reported_not_silently_replaced(
+    broker: LocalBroker, postgres: LocalPostgres
+) -> None:
+    """The consumer loop must hear of a lost connection (Unavailable) to go on from the stored
+    offsets; the next batch then opens a new one."""
+    url = fresh_database(postgres)
+    settings = writer_settings(url, broker, "closed-conn")
+    tp = TopicPartition(TOPIC, 0)
+
+    async def scenario() -> None:
+        producer = make_producer(settings.kafka)
+        await producer.start()
+        handler = WriterHandler(settings, None, producer)
+        try:
+            await handler.assigned({tp})
+            await handler.handle({tp: records(0, 10)})
+            assert handler.conn is not None
+            await handler.conn.close()
+            with pytest.raises(Unavailable):
+                await handler.handle({tp: records(10, 10)})
+            await handler.handle({tp: records(10, 10)})
+        finally:
+            if handler.conn is not None:
+                await handler.conn.close()
+            await producer.stop()
+
+    asyncio.run(scenario())
+    assert stored(url) == (20, 20)
