@@ -276,12 +276,12 @@ WHERE alerts.last_seq < EXCLUDED.last_seq
 
 # Compare-and-set on the offset this writer last stored (or read at assignment): a member that
 # lost the partition in a rebalance but is still writing (a zombie) finds it moved, and so
-# does a writer whose last commit PostgreSQL lost in a crash (commits need not wait for the
-# disk: WriterSettings.synchronous_commit) and finds it moved back; either writes nothing and
-# re-reads from the stored offsets. A batch must also start at or after it: a batch already
-# written, delivered again, is refused too. Offsets may have gaps in Kafka (a batch can start
-# past the stored offset). With none expected, only a partition without a stored offset is
-# written (its row is made here).
+# does a writer whose last commits the database lost (a crash with commits that did not wait
+# for the disk, a failover to a standby that had not caught up) and finds it moved back;
+# either writes nothing and re-reads from the stored offsets. A batch must also start at or
+# after it: a batch already written, delivered again, is refused too. Offsets may have gaps in
+# Kafka (a batch can start past the stored offset). With none expected, only a partition
+# without a stored offset is written (its row is made here).
 ADVANCE_OFFSET = """
 INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset, updated_at)
 SELECT %(group)s, %(topic)s, %(partition)s, %(next)s, now()
@@ -456,7 +456,7 @@ class WriterHandler:
                     await nice_backend(self.conn)
             if not self.staged:
                 await self.conn.execute(STAGING)
-                # Safe off: see WriterSettings.synchronous_commit.
+                # Safe either way: see WriterSettings.synchronous_commit.
                 commit = "on" if self.settings.writer.synchronous_commit else "off"
                 await self.conn.execute(f"SET synchronous_commit = {commit}")
                 self.marks_rollups = await current(self.conn) is Layout.PLAIN

@@ -434,8 +434,8 @@ def test_a_dead_letter_sent_twice_is_stored_once(
 def test_batches_commit_without_waiting_for_the_disk_unless_asked(
     broker: LocalBroker, postgres: LocalPostgres, synchronous: bool
 ) -> None:
-    """A lost transaction loses its offsets with it, so the writer need not wait for the
-    disk (WriterSettings.synchronous_commit); whichever way, the batch is stored once."""
+    """A lost transaction loses its offsets with it, so the writer may be told not to wait
+    for the disk (WriterSettings.synchronous_commit); whichever way, the batch is stored once."""
     url = fresh_database(postgres)
     settings = writer_settings(url, broker, f"commit-{synchronous}")
     settings = settings.model_copy(
@@ -465,10 +465,10 @@ def test_batches_commit_without_waiting_for_the_disk_unless_asked(
 def test_a_commit_lost_in_a_crash_is_written_again_not_skipped(
     broker: LocalBroker, postgres: LocalPostgres
 ) -> None:
-    """Commits need not wait for the disk, so PostgreSQL may lose the last one in a crash,
-    rows and offset together. The next batch then finds the stored offset behind what the
-    writer stored: it writes nothing (Fenced), and from the stored offsets read again the lost
-    batch is written once."""
+    """PostgreSQL may lose the last commits, rows and offsets together (a crash when commits
+    do not wait for the disk, a failover to a standby behind). The next batch then finds the
+    stored offset behind what the writer stored: it writes nothing (Fenced), and from the
+    stored offsets read again the lost batch is written once."""
     url = fresh_database(postgres)
     settings = writer_settings(url, broker, "lost-commit")
     tp = TopicPartition(TOPIC, 0)
