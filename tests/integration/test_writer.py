@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -430,6 +432,20 @@ def test_a_dead_letter_sent_twice_is_stored_once(
         ]
 
 
+@contextlib.asynccontextmanager
+async def own_writer(settings: Settings) -> AsyncIterator[WriterHandler]:
+    """A writer opening its own connection (as the service's does), closed afterwards."""
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    handler = WriterHandler(settings, None, producer)
+    try:
+        yield handler
+    finally:
+        if handler.conn is not None:
+            await handler.conn.close()
+        await producer.stop()
+
+
 @pytest.mark.parametrize("synchronous", [False, True])
 def test_batches_commit_without_waiting_for_the_disk_unless_asked(
     broker: LocalBroker, postgres: LocalPostgres, synchronous: bool
@@ -443,20 +459,13 @@ def test_batches_commit_without_waiting_for_the_disk_unless_asked(
     )
 
     async def scenario() -> str:
-        producer = make_producer(settings.kafka)
-        await producer.start()
-        handler = WriterHandler(settings, None, producer)
-        try:
+        async with own_writer(settings) as handler:
             await handler.handle({TopicPartition(TOPIC, 0): records(0, 20)})
             conn = await handler.connection()
             cur = await conn.execute("SHOW synchronous_commit")
             row = await cur.fetchone()
             assert row is not None
             return str(row[0])
-        finally:
-            if handler.conn is not None:
-                await handler.conn.close()
-            await producer.stop()
 
     assert asyncio.run(scenario()) == ("on" if synchronous else "off")
     assert stored(url) == (20, 20)
@@ -474,10 +483,7 @@ def test_a_commit_lost_in_a_crash_is_written_again_not_skipped(
     tp = TopicPartition(TOPIC, 0)
 
     async def scenario() -> None:
-        producer = make_producer(settings.kafka)
-        await producer.start()
-        handler = WriterHandler(settings, None, producer)
-        try:
+        async with own_writer(settings) as handler:
             assert await handler.assigned({tp}) == {}
             await handler.handle({tp: records(0, 10)})
             await handler.handle({tp: records(10, 10)})
@@ -492,10 +498,6 @@ def test_a_commit_lost_in_a_crash_is_written_again_not_skipped(
             assert stored(url) == (10, 10)
             assert await handler.assigned({tp}) == {tp: 10}
             await handler.handle({tp: records(10, 20)})
-        finally:
-            if handler.conn is not None:
-                await handler.conn.close()
-            await producer.stop()
 
     asyncio.run(scenario())
     assert stored(url) == (30, 30)
@@ -511,10 +513,7 @@ def test_a_closed_connection_is_reported_not_silently_replaced(
     tp = TopicPartition(TOPIC, 0)
 
     async def scenario() -> None:
-        producer = make_producer(settings.kafka)
-        await producer.start()
-        handler = WriterHandler(settings, None, producer)
-        try:
+        async with own_writer(settings) as handler:
             await handler.assigned({tp})
             await handler.handle({tp: records(0, 10)})
             assert handler.conn is not None
@@ -522,10 +521,6 @@ def test_a_closed_connection_is_reported_not_silently_replaced(
             with pytest.raises(Unavailable):
                 await handler.handle({tp: records(10, 10)})
             await handler.handle({tp: records(10, 10)})
-        finally:
-            if handler.conn is not None:
-                await handler.conn.close()
-            await producer.stop()
 
     asyncio.run(scenario())
     assert stored(url) == (20, 20)
