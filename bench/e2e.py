@@ -48,7 +48,7 @@ import psutil
 import psycopg
 from aiokafka.partitioner import DefaultPartitioner
 
-from bench.kafkalog import arrivals, end_offsets, produced_at, saved_offsets
+from bench.kafkalog import ReadingCounts, arrivals, end_offsets, produced_at, saved_offsets
 from bench.scratch import scratch
 from rules.indicators import Catalogue
 from services.config import ApiSettings, IngestSettings, LocalSettings, Settings
@@ -102,6 +102,7 @@ class Run:
         )
         self.control = self.work / "scenario.json"
         self.interval = 1.0  # seconds between the simulator's posts
+        self.counts: ReadingCounts | None = None  # readings a record holds, once started
 
     def lag(self) -> tuple[int, dict[str, int]]:
         """Readings on the topic, and those each consumer group has not yet saved as done."""
@@ -114,11 +115,15 @@ class Run:
                 self.db_url, self.settings.writer.consumer_group, "consumer_offsets"
             ),
         }
+        # Offsets count records (frames); these count the readings in them.
+        if self.counts is None:
+            self.counts = ReadingCounts(kafka)
+        upto = self.counts.upto
         behind = {
-            name: sum(end - kept.get(key, 0) for key, end in ends.items())
+            name: sum(upto(p, end) - upto(p, kept.get((t, p), 0)) for (t, p), end in ends.items())
             for name, kept in done.items()
         }
-        return sum(ends.values()), behind
+        return sum(upto(p, end) for (_, p), end in ends.items()), behind
 
     def processes(self) -> dict[str, int]:
         """The stack's processes by part (each counted with its children: PostgreSQL's
@@ -166,6 +171,11 @@ class Run:
 
     def start(self) -> None:
         self.env, self.db_url = self.stack.start()
+
+    def stop(self) -> None:
+        if self.counts is not None:
+            self.counts.close()
+        self.stack.stop()
 
 
 class Seen:
@@ -324,7 +334,7 @@ def main() -> None:
             # fetch that returns data (Tansu 0.6's memory store: no retention), so after the
             # ramp its fetches cost several times what they did at first; Apache Kafka's do
             # not grow so. Half load is measured as it would run from a fresh start.
-            run.stack.stop()
+            run.stop()
             run = Run()
             run.interval = args.interval
             run.start()
@@ -415,7 +425,7 @@ def main() -> None:
             if times:
                 print(f"  {name}: p50 {statistics.median(times):,.0f} ms, max {max(times):,.0f} ms")
     finally:
-        run.stack.stop()
+        run.stop()
 
 
 if __name__ == "__main__":

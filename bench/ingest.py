@@ -21,11 +21,12 @@ import time
 
 import httpx
 import numpy as np
-from aiokafka import AIOKafkaConsumer, TopicPartition
+import orjson
 from paho.mqtt import client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import SecretStr
 
+from bench.kafkalog import ReadingCounts, end_offsets
 from bench.scratch import scratch
 from ingest.city.model import City
 from ingest.city.tickets import draw_calls
@@ -71,25 +72,13 @@ def post_rate(
     return asyncio.run(go())
 
 
-def on_topic(kafka: KafkaSettings, topic: str) -> int:
-    async def go() -> int:
-        consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers)
-        await consumer.start()
-        try:
-            partitions = consumer.partitions_for_topic(topic) or set()
-            if not partitions:
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(topic) or set()
-            ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
-            return int(sum(ends.values()))
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(go())
+def on_topic(kafka: KafkaSettings, counts: ReadingCounts) -> int:
+    """Readings in the frames on the readings topic."""
+    ends = asyncio.run(end_offsets(kafka, [kafka.topics.readings]))
+    return sum(counts.upto(p, end) for (_, p), end in ends.items())
 
 
 def mqtt_messages(city: City, count: int) -> list[tuple[str, bytes]]:
-    import orjson
 
     items = orjson.loads(city.body(time.time(), count))
     by_id = {d.device_id: d for d in city.devices}
@@ -243,14 +232,16 @@ def main() -> None:
         deadline = time.monotonic() + 60
         while b"subscribed to" not in wait_for.read_bytes() and time.monotonic() < deadline:
             time.sleep(0.2)
-        before = on_topic(kafka, kafka.topics.readings)
+        counts = ReadingCounts(kafka)
+        before = on_topic(kafka, counts)
         began = time.perf_counter()
         publish_all(mosquitto.port, messages)
-        while on_topic(kafka, kafka.topics.readings) < before + len(messages):
+        while on_topic(kafka, counts) < before + len(messages):
             if time.perf_counter() - began > 300:
                 raise TimeoutError("the bridge did not forward every message in 5 minutes")
             time.sleep(0.1)
         ours = len(messages) / (time.perf_counter() - began)
+        counts.close()
         ref = bare_mqtt_rate(mosquitto.port, messages)
         print(f"  MQTT bridge into Kafka          {ours:>12,.0f} readings/s")
         print(

@@ -4,6 +4,9 @@ pure engine's verdict over the logs."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from datetime import datetime
 
 import numpy as np
@@ -69,11 +72,8 @@ async def arrivals(kafka: KafkaSettings, topic: str) -> dict[int, tuple[np.ndarr
         top = np.iinfo(np.int64).min
         for i, r in enumerate(records):
             raw = r.value or b"{}"
-            if is_tick(r):
-                ts = decode_tick(raw)
-            else:
-                body = orjson.loads(raw)
-                ts = int(datetime.fromisoformat(body["ts"]).timestamp() * 1000)
+            # A frame counts as its latest reading, as the engine stamps it.
+            ts = decode_tick(raw) if is_tick(r) else max(orjson.loads(raw)["ts"]) // 1000
             top = max(top, ts)
             seen[i] = top
         out[p] = (seen, np.array([r.timestamp / 1000 for r in records], dtype=np.float64))
@@ -149,3 +149,61 @@ async def expected(
         {Source.SENSOR: topics.readings, Source.TICKETS: topics.tickets},
     )
     return {t.transition_id: t for t in out.transitions}, {v.value_id: v for v in out.values}
+
+
+def frame_size(raw: bytes) -> int:
+    """Readings in a frame of the readings topic, from its bytes (its ``ts`` column holds only
+    integers); 0 for anything else (ticks, poison)."""
+    start = raw.find(b'"ts":[')
+    if start < 0:
+        return 0
+    end = raw.find(b"]", start)
+    return 0 if end < 0 else raw.count(b",", start, end) + 1
+
+
+class ReadingCounts:
+    """How many readings the frames of the readings topic hold up to each offset, kept by a
+    consumer tailing the topic in a thread of its own: lag in records, told in readings."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self.kafka = kafka
+        self.before: dict[int, list[int]] = {}  # partition -> readings before each offset
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._tail()), daemon=True)
+        self.thread.start()
+
+    async def _tail(self) -> None:
+        topic = self.kafka.topics.readings
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.kafka.bootstrap_servers, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            await consumer.topics()
+            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            for tp in tps:
+                self.before[tp.partition] = [0]
+            while not self.stop.is_set():
+                for tp, records in (await consumer.getmany(timeout_ms=200)).items():
+                    counts = self.before[tp.partition]
+                    for r in records:
+                        while len(counts) <= r.offset:  # offsets a transaction marker took
+                            counts.append(counts[-1])
+                        counts.append(counts[-1] + frame_size(r.value or b""))
+        finally:
+            await consumer.stop()
+
+    def upto(self, partition: int, offset: int, timeout: float = 60.0) -> int:
+        """Readings in the partition's records before ``offset``, once the tail has read them."""
+        deadline = time.monotonic() + timeout
+        while len(self.before.get(partition, ())) <= offset:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the readings topic's tail did not reach {offset} in time")
+            time.sleep(0.05)
+        return self.before[partition][offset]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()

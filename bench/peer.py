@@ -4,7 +4,12 @@ the same broker on the same machine, in the same run.
     python -m bench.peer [--readings 600000] [--devices 1000] [--rounds 3]
 
 The records: waterlogging depths from ``--devices`` gauges, one every 10 s of event time each,
-rising and falling through the thresholds, on a 3-partition topic keyed by device. The work,
+rising and falling through the thresholds, on a 3-partition topic, as ingest puts them there:
+a gateway posts every gauge's reading of each 10 s, and each partition gets one frame of the
+post's readings of its devices (``schemas.readings.ReadingFrame``). Quix windows by message
+key, so it unpacks a frame into readings, stamps each with its own time and re-keys them by
+device (``group_by``, a repartition topic: what a frame of many devices costs a processor
+keyed by message). The work,
 the same threshold indicator in both: per device, tumbling 60 s event-time windows (time from
 the reading's ``ts``) with 30 s allowed lateness, the window's maximum, its warning level
 (blue 10, yellow 20, orange 30, red 50 cm), and a record out each time a device's level
@@ -31,13 +36,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import SecretStr
 
 from bench.kafkalog import produced_at
 from bench.scratch import scratch
+from ingest.batch import Accepted, frames
+from schemas.readings import LocationRecord, micros
 from services.config import DatabaseSettings, KafkaSettings
 from services.db import migrate
 from services.kafka import ensure_topics, make_producer
@@ -49,27 +55,27 @@ THRESHOLDS = (10.0, 20.0, 30.0, 50.0)
 PARTITIONS = 3
 
 
-def records(count: int, devices: int) -> list[tuple[bytes, bytes]]:
+def records(count: int, devices: int) -> list[tuple[int, bytes]]:
+    """(partition, frame) records: each 10 s post's readings, a frame a partition."""
     t0 = datetime(2026, 7, 1, tzinfo=UTC)
     out = []
-    for i in range(count):
-        device, step = i % devices, i // devices
-        at = t0 + timedelta(seconds=10 * step, milliseconds=device)
-        depth = max(0.0, 30 + 30 * math.sin(step / 20 + device))
-        name = f"wl-{device:05d}"
-        body = {
-            "device_id": name,
-            "metric": "waterlogging_depth",
-            "value": round(depth, 2),
-            "unit": "cm",
-            "ts": at.isoformat(),
-            "location": {"district": f"d{device % 11}", "street": f"s{device % 170}"},
-        }
-        out.append((name.encode(), orjson.dumps(body)))
+    for start in range(0, count, devices):
+        post: dict[int, list[Accepted]] = {}
+        for i in range(start, min(start + devices, count)):
+            device, step = i % devices, i // devices
+            at = t0 + timedelta(seconds=10 * step, milliseconds=device)
+            depth = max(0.0, 30 + 30 * math.sin(step / 20 + device))
+            name = f"wl-{device:05d}"
+            where: LocationRecord = {"district": f"d{device % 11}", "street": f"s{device % 170}"}
+            reading = Accepted(
+                i, name, "waterlogging_depth", "cm", micros(at), round(depth, 2), where, None, i
+            )
+            post.setdefault(device % PARTITIONS, []).append(reading)
+        out += [(p, frame) for p, readings in post.items() for frame in frames(readings)]
     return out
 
 
-async def fill(kafka: KafkaSettings, data: list[tuple[bytes, bytes]]) -> None:
+async def fill(kafka: KafkaSettings, data: list[tuple[int, bytes]]) -> None:
     # Quix derives its changelog topics' settings from the source topic's retention, which
     # the broker only reports when it was set: create the readings topic with it.
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
@@ -85,7 +91,7 @@ async def fill(kafka: KafkaSettings, data: list[tuple[bytes, bytes]]) -> None:
     producer = make_producer(kafka)
     await producer.start()
     try:
-        sends = [await producer.send(kafka.topics.readings, v, key=k) for k, v in data]
+        sends = [await producer.send(kafka.topics.readings, v, partition=p) for p, v in data]
         await asyncio.gather(*sends)
     finally:
         await producer.stop()
@@ -129,7 +135,7 @@ async def progress(
 def ours(
     kafka: KafkaSettings, db_url: str, total: int, logs: Path, group: str
 ) -> tuple[float, int]:
-    """Seconds our engine took for the records, and the transitions it emitted."""
+    """Seconds our engine took for the ``total`` records, and the transitions it emitted."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITY_VITALS_")}
     env.update(
         CITY_VITALS_KAFKA__BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
@@ -153,24 +159,28 @@ def ours(
 
 
 def quix(kafka: KafkaSettings, total: int, state_dir: Path, group: str) -> tuple[float, int]:
-    """Seconds from Quix's first processed record to its last, and the level changes it
-    emitted."""
+    """Seconds from Quix's first processed record to its last reading, and the level changes
+    it emitted."""
     from quixstreams import Application
     from quixstreams.dataframe.windows import Max
-    from quixstreams.models import TimestampType
 
-    def event_time(value: Any, headers: Any, timestamp: float, kind: TimestampType) -> int:
-        return int(datetime.fromisoformat(value["ts"]).timestamp() * 1000)
+    def readings(frame: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            {"device_id": d, "ts": us // 1000, "value": v}
+            for d, us, v in zip(frame["device_id"], frame["ts"], frame["value"], strict=True)
+        ]
 
     marks: dict[str, float] = {}
-    processed = 0
+    processed = 0  # readings off the repartition topic
     changes = 0
 
     def on_processed(topic: str, partition: int, offset: int) -> None:
         nonlocal processed
-        processed += 1
         now = time.perf_counter()
         marks.setdefault("first", now)
+        if topic == kafka.topics.readings:
+            return
+        processed += 1
         if processed >= total:
             marks["last"] = now
             app.stop()
@@ -192,11 +202,12 @@ def quix(kafka: KafkaSettings, total: int, state_dir: Path, group: str) -> tuple
         on_message_processed=on_processed,
         loglevel="WARNING",
     )
-    source = app.topic(
-        kafka.topics.readings, value_deserializer="json", timestamp_extractor=event_time
-    )
+    source = app.topic(kafka.topics.readings, value_deserializer="json")
     sink = app.topic("bench-quix-alerts", value_serializer="json")
     sdf = app.dataframe(source)
+    sdf = sdf.apply(readings, expand=True)
+    sdf = sdf.set_timestamp(lambda reading, key, timestamp, headers: reading["ts"])
+    sdf = sdf.group_by("device_id")
     sdf = sdf.apply(lambda reading: reading["value"])
     sdf = sdf.tumbling_window(timedelta(seconds=60), grace_ms=30_000).agg(value=Max()).final()
     sdf = sdf.apply(level, stateful=True).filter(lambda change: change is not None)
@@ -208,7 +219,7 @@ def quix(kafka: KafkaSettings, total: int, state_dir: Path, group: str) -> tuple
     finally:
         watchdog.cancel()
     if "last" not in marks:
-        raise RuntimeError(f"Quix processed {processed:,} of {total:,} records")
+        raise RuntimeError(f"Quix processed {processed:,} of {total:,} readings")
     return marks["last"] - marks["first"], changes
 
 
@@ -232,11 +243,14 @@ def main() -> None:
         )
         data = records(args.readings, args.devices)
         asyncio.run(fill(kafka, data))
-        print(f"{args.readings:,} readings from {args.devices:,} gauges on {PARTITIONS} partitions")
+        print(
+            f"{args.readings:,} readings from {args.devices:,} gauges on {PARTITIONS} "
+            f"partitions, in {len(data):,} frames"
+        )
         ratios: list[float] = []
         rates: dict[str, list[float]] = {"ours": [], "quix": []}
         for n in range(1, args.rounds + 1):
-            took, emitted = ours(kafka, db_url, args.readings, work, f"bench-rules-{n}")
+            took, emitted = ours(kafka, db_url, len(data), work, f"bench-rules-{n}")
             rates["ours"].append(args.readings / took)
             print(f"  round {n}  city-vitals rules  {rates['ours'][-1]:>8,.0f} readings/s   "
                   f"{emitted:,} transitions")  # fmt: skip

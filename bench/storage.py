@@ -34,15 +34,16 @@ from aiokafka import ConsumerRecord, TopicPartition
 from pydantic import SecretStr
 
 from bench.scratch import scratch
-from schemas.readings import READING_RECORD, Location, SensorReading
+from ingest.batch import frames, sort_items
+from schemas.readings import FRAME_READINGS, Location, SensorReading, read_frame
 from services.config import DatabaseSettings, KafkaSettings, Settings, WriterSettings
 from services.db import migrate
-from services.kafka import encode, ensure_topics, make_producer
+from services.kafka import ensure_topics, make_producer
 from services.local.broker import LocalBroker
 from services.local.postgres import LocalPostgres
 from services.local.processes import free_port, stop_process, wait_for_port
 from services.storage.scheduled import maintain
-from services.storage.writer import READING_COLUMNS, READING_TYPES, WriterHandler, reading_row
+from services.storage.writer import READING_COLUMNS, READING_TYPES, WriterHandler, frame_rows
 
 DISTRICTS = ["yuexiu", "liwan", "haizhu", "tianhe", "baiyun", "huangpu", "panyu", "huadu",
              "nansha", "conghua", "zengcheng"]  # fmt: skip
@@ -79,8 +80,9 @@ def raw_copy(url: str, rows: list[tuple[object, ...]]) -> tuple[float, float]:
         return len(rows) / took, (sum(backend.cpu_times()[:2]) - cpu) / len(rows) * 1e6
 
 
-def writer_core(settings: Settings, values: list[bytes], batch: int) -> float:
-    """Rows/s of the writer's batch path (decode, validate, COPY, offsets) on in-memory records."""
+def writer_core(settings: Settings, values: list[bytes], batch: int, rows: int) -> float:
+    """Rows/s of the writer's batch path (decode, validate, COPY, offsets) on in-memory frames
+    holding ``rows`` readings, ``batch`` records a batch."""
     topic = settings.kafka.topics.readings
     tp = TopicPartition(topic, 0)
     records = [
@@ -94,9 +96,10 @@ def writer_core(settings: Settings, values: list[bytes], batch: int) -> float:
         try:
             handler = WriterHandler(settings, None, producer)
             began = time.perf_counter()
-            for start in range(0, len(records), batch):
-                await handler.handle({tp: records[start : start + batch]})
-            rate = len(records) / (time.perf_counter() - began)
+            step = max(1, batch // FRAME_READINGS)
+            for start in range(0, len(records), step):
+                await handler.handle({tp: records[start : start + step]})
+            rate = rows / (time.perf_counter() - began)
             if handler.conn is not None:
                 await handler.conn.close()
             return rate
@@ -112,10 +115,12 @@ def count(url: str) -> int:
     return int(row[0]) if row else 0
 
 
-def writer_process(settings: Settings, values: list[bytes], logs: Path, writers: int = 1) -> float:
-    """Rows/s of ``writers`` writer processes (one consumer group) consuming the readings from
-    the broker, from the first row stored to the last (process start-up and the group join are
-    not counted)."""
+def writer_process(
+    settings: Settings, values: list[bytes], rows: int, logs: Path, writers: int = 1
+) -> float:
+    """Rows/s of ``writers`` writer processes (one consumer group) consuming frames holding
+    ``rows`` readings from the broker, from the first row stored to the last (process start-up
+    and the group join are not counted)."""
     import os
     import subprocess
     import sys
@@ -155,7 +160,7 @@ def writer_process(settings: Settings, values: list[bytes], logs: Path, writers:
         ]
         try:
             first: tuple[float, int] | None = None
-            while (stored := count(url)) < len(values):
+            while (stored := count(url)) < rows:
                 if first is None and stored:
                     first = (time.perf_counter(), stored)
                 if time.perf_counter() - began > 600:
@@ -163,7 +168,7 @@ def writer_process(settings: Settings, values: list[bytes], logs: Path, writers:
                 time.sleep(0.05)
             if first is None:
                 raise RuntimeError("every row arrived in one batch: use more --rows")
-            return (len(values) - first[1]) / (time.perf_counter() - first[0])
+            return (rows - first[1]) / (time.perf_counter() - first[0])
         finally:
             for proc in procs:
                 stop_process(proc, timeout=30)
@@ -239,7 +244,7 @@ def time_queries(api: str, scopes: int, repeats: int) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=300_000, help="Rows for the load figures.")
-    parser.add_argument("--batch", type=int, default=5_000, help="Records per writer batch.")
+    parser.add_argument("--batch", type=int, default=5_000, help="Readings per writer batch.")
     parser.add_argument(
         "--writers", type=int, default=2, help="Writer processes from the broker (deploy/: 2)."
     )
@@ -266,8 +271,9 @@ def main() -> None:
 
         t0 = datetime(2026, 6, 1, tzinfo=UTC)
         models = readings(args.rows, t0)
-        values = [encode(m) for m in models]
-        rows = [reading_row(READING_RECORD.validate_json(v), t0) for v in values]
+        # As ingest puts them on the topic: frames of FRAME_READINGS.
+        values = frames(sort_items([m.model_dump(mode="json") for m in models]).accepted)
+        rows = [row for v in values for row in frame_rows(read_frame(v), t0)]
 
         def settings(db: str, prefix: str) -> Settings:
             return Settings(
@@ -290,10 +296,14 @@ def main() -> None:
             f"  ... no history index {bare:>12,.0f} rows/s   {bare / raw:5.2f} x raw; "
             f"PostgreSQL {bare_cpu:.1f} us CPU a row"
         )
-        core = writer_core(settings("core", "bench-core"), values, args.batch)
+        core = writer_core(settings("core", "bench-core"), values, args.batch, len(rows))
         print(f"  writer core          {core:>12,.0f} rows/s   {core / raw:5.2f} x raw")
         proc = writer_process(
-            settings("writer", f"bench{uuid.uuid4().hex[:6]}"), values, work, args.writers
+            settings("writer", f"bench{uuid.uuid4().hex[:6]}"),
+            values,
+            len(rows),
+            work,
+            args.writers,
         )
         print(
             f"  writer from broker   {proc:>12,.0f} rows/s   {proc / raw:5.2f} x raw"

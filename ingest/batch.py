@@ -15,7 +15,16 @@ from typing_extensions import TypedDict  # pydantic needs this one before Python
 
 from ingest import units
 from schemas.base import describe_errors
-from schemas.readings import READING_RECORD, READING_RECORDS, ReadingRecord, reading_id_at
+from schemas.readings import (
+    FRAME_READINGS,
+    READING_RECORD,
+    READING_RECORDS,
+    LocationRecord,
+    ReadingRecord,
+    encode_frame,
+    from_micros,
+    micros,
+)
 
 
 class MalformedBatch(ValueError):
@@ -34,25 +43,52 @@ PLACE_FIELDS = ("lon", "lat", "grid", "street", "district")
 
 
 class Accepted(NamedTuple):
-    """A valid reading, normalised (id filled in, unit canonical, time in UTC) and encoded as
-    it goes on the readings topic. A named tuple: one is made per reading on the ingest hot
-    path, where building a frozen dataclass cost more than deriving the reading's id."""
+    """A valid reading, normalised (unit canonical, time in UTC) as it goes into a frame on the
+    readings topic. A named tuple: one is made per reading on the ingest hot path, where
+    building a frozen dataclass cost more than the checks."""
 
-    reading_id: str  # canonical UUID text
+    ident: Hashable  # what a retry repeats: the client's id, else (device, metric, ts)
     device_id: str
-    value: bytes  # the record, JSON
-    placed: bool  # the record states every one of PLACE_FIELDS
+    metric: str
+    unit: str
+    ts: int  # microseconds since 1970, UTC
+    value: float
+    location: LocationRecord | None
+    reading_id: str | None  # the id the client chose (canonical text), if it chose one
     position: int  # its place in the submitted batch, for a later refusal (the registry's)
 
     @property
-    def key(self) -> bytes:
-        """Partition key: one device stays on one partition (as SensorReading.key)."""
-        return self.device_id.encode()
+    def placed(self) -> bool:
+        """The reading states every one of PLACE_FIELDS."""
+        place = self.location
+        return place is not None and len(place) == len(PLACE_FIELDS) and None not in place.values()
 
     @property
     def record(self) -> dict[str, Any]:
-        record: dict[str, Any] = orjson.loads(self.value)
+        """The reading as ``SensorReading``'s plain data (what a dead letter keeps of it)."""
+        record: dict[str, Any] = {
+            "device_id": self.device_id,
+            "metric": self.metric,
+            "value": self.value,
+            "unit": self.unit,
+            "ts": from_micros(self.ts).isoformat().replace("+00:00", "Z"),
+        }
+        if self.location is not None:
+            record["location"] = dict(self.location)
+        if self.reading_id is not None:
+            record["reading_id"] = self.reading_id
         return record
+
+
+def frames(readings: Sequence[Accepted], size: int = FRAME_READINGS) -> list[bytes]:
+    """Readings (of one partition) as the readings topic's records, ``size`` a frame at most."""
+    out = []
+    for start in range(0, len(readings), size):
+        _, device, metric, unit, ts, value, location, ids, _ = zip(
+            *readings[start : start + size], strict=True
+        )
+        out.append(encode_frame(device, metric, unit, ts, value, location, ids))
+    return out
 
 
 @dataclass(slots=True)
@@ -206,12 +242,10 @@ def sort_items(
     ``checked``: the items are records READING_RECORD already validated (``read_records``).
     ``only_device``: the caller's key is bound to that device and may send nothing else.
     ``not_after``: readings stamped later than this are refused (a clock running ahead).
-    Accepted readings are normalised as they go on the topic: unit canonical, time in UTC,
-    id filled in."""
+    Accepted readings are normalised as they go on the topic: unit canonical, time in UTC."""
     out = Sorted()
     accepted, rejected = out.accepted, out.rejected
     convert, canonical = units.normalise, units.CANONICAL
-    dumps, utc_z, whole = orjson.dumps, orjson.OPT_UTC_Z, len(PLACE_FIELDS)
     for index, item in enumerate(items):
         if checked:
             record: ReadingRecord = item
@@ -234,21 +268,26 @@ def sort_items(
             )
             rejected.append(Rejection(index, reason, item))
             continue
-        metric = record["metric"]
-        if canonical.get(metric, record["unit"]) != record["unit"]:
+        metric, unit, value = record["metric"], record["unit"], record["value"]
+        if canonical.get(metric, unit) != unit:
             try:
-                record["unit"], record["value"] = convert(metric, record["unit"], record["value"])
+                unit, value = convert(metric, unit, value)
             except units.UnitError as exc:
                 rejected.append(Rejection(index, str(exc), item))
                 continue
-        record["ts"] = ts
+        us = micros(ts)
         given = record.get("reading_id")
-        reading_id = reading_id_at(device_id, metric, ts) if given is None else str(given)
-        record["reading_id"] = reading_id  # type: ignore[typeddict-item]
-        place = record.get("location")
-        placed = place is not None and len(place) == whole and None not in place.values()
-        value = dumps(record, option=utc_z)
-        accepted.append(Accepted(reading_id, device_id, value, placed, index))
+        if given is None:
+            accepted.append(
+                Accepted((device_id, metric, us), device_id, metric, unit, us, value,
+                         record.get("location"), None, index)
+            )  # fmt: skip
+        else:
+            rid = str(given)
+            accepted.append(
+                Accepted(rid, device_id, metric, unit, us, value, record.get("location"), rid,
+                         index)
+            )  # fmt: skip
     return out
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from ingest.batch import Accepted, RecentIds
+from ingest.batch import Accepted, RecentIds, frames
 from schemas.deadletter import DeadLetter
 from services.config import Settings
 from services.kafka import KeyedBatches, encode
@@ -44,18 +44,23 @@ class Gateway:
             raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def _send_readings(self, readings: list[Accepted]) -> list[asyncio.Future[Any]]:
-        """Readings in one batch per partition, keyed by device so a device keeps its
-        partition."""
-        return await self.batches.send(
-            self.topics.readings, [(r.device_id.encode(), r.value) for r in readings]
+        """Readings in frames, one batch per partition; a device keeps its partition (its
+        id hashes to it, as a record keyed by it would)."""
+        topic = self.topics.readings
+        placed = await self.batches.place(topic, [r.device_id.encode() for r in readings])
+        return await self.batches.send_placed(
+            topic,
+            {
+                p: [(None, frame) for frame in frames([readings[i] for i in items])]
+                for p, items in placed.items()
+            },
         )
 
     async def accept(self, readings: list[Accepted], letters: list[DeadLetter]) -> list[Accepted]:
         """Publish the readings not accepted before (and the letters); returns those sent."""
-        ids = [r.reading_id for r in readings]
-        fresh = self.recent.claim(ids)
+        fresh = self.recent.claim([r.ident for r in readings])
         new = [r for r, is_new in zip(readings, fresh, strict=True) if is_new]
-        claimed = [r.reading_id for r in new]
+        claimed = [r.ident for r in new]
         try:
             await self.publish(new, letters)
         except BaseException:

@@ -10,13 +10,13 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ingest.batch import PLACE_FIELDS, Rejection, Sorted
+from schemas.readings import LocationRecord
 from services.devices.models import DeviceRead, DeviceStatus
 from services.devices.service import snapshot
 
@@ -46,12 +46,11 @@ def check_devices(result: Sorted, devices: Mapping[str, DeviceEntry]) -> Sorted:
             out.rejected.append(Rejection(accepted.position, reason, accepted.record))
             continue
         if not accepted.placed and entry.place:
-            record = accepted.record
-            given = record.get("location") or {}
+            given = accepted.location or {}
             missing = {k: v for k, v in entry.place.items() if given.get(k) is None}
             if missing:
-                record["location"] = {**given, **missing}
-                accepted = accepted._replace(value=orjson.dumps(record))
+                filled = cast(LocationRecord, {**given, **missing})
+                accepted = accepted._replace(location=filled)
         out.accepted.append(accepted)
     return out
 

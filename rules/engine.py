@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, TypeVar
 
 import numpy as np
@@ -43,7 +44,7 @@ from rules.windows import (
 from schemas.alerts import AlertTransition, ScopeLevel
 from schemas.base import describe_errors
 from schemas.indicator_values import IndicatorValue
-from schemas.readings import READING_RECORD
+from schemas.readings import read_frame
 from schemas.rollup import ROLLUP_RECORD, SourceMark, WindowPartial
 from schemas.tickets import HotlineTicket
 
@@ -305,11 +306,13 @@ class _Column:
     @classmethod
     def merged(cls, columns: list[_Column]) -> _Column:
         """Several selectors' observations (an indicator fed by several), back in log order."""
+        # By record alone (a sort is stable): a frame's readings share one, and their
+        # locations do not compare.
         rows = sorted(
-            row
-            for c in columns
-            for row in zip(c.pos, c.ts, c.value, c.device, c.location, strict=True)
-        )
+            (row for c in columns for row in zip(c.pos, c.ts, c.value, c.device, c.location,
+                                                 strict=True)),
+            key=itemgetter(0),
+        )  # fmt: skip
         out = cls()
         for row in rows:
             out.add(*row)
@@ -434,17 +437,22 @@ class SourceTask:
             try:
                 if tick:
                     stamps[pos] = decode_tick(raw)
-                    continue
-                if sensor:
-                    r = READING_RECORD.validate_json(raw)
-                    ts = int(r["ts"].timestamp() * 1000)
-                    column = found.get(r["metric"])
-                    if column is None:
-                        column = found[r["metric"]] = _Column()
-                    # The location as pydantic-core built it, read by .get of a scope level.
-                    column.add(
-                        pos, ts, float(r["value"]), r["device_id"], r.get("location") or _NOWHERE
-                    )
+                elif sensor:
+                    frame = read_frame(raw)
+                    places = frame["places"]
+                    ms = [us // 1000 for us in frame["ts"]]
+                    for device, metric, ts, value, place in zip(
+                        frame["device_id"], frame["metric"], ms, frame["value"], frame["place"],
+                        strict=True,
+                    ):  # fmt: skip
+                        column = found.get(metric)
+                        if column is None:
+                            column = found[metric] = _Column()
+                        # The location as pydantic-core built it, read by .get of a scope level.
+                        column.add(
+                            pos, ts, value, device, _NOWHERE if place is None else places[place]
+                        )
+                    stamps[pos] = max(ms)
                 else:
                     t = HotlineTicket.model_validate_json(raw)
                     ts = int(t.reported_at.timestamp() * 1000)
@@ -457,7 +465,7 @@ class SourceTask:
                     if column is None:
                         column = found[t.category] = _Column()
                     column.add(pos, ts, 1.0, None, where)
-                stamps[pos] = ts
+                    stamps[pos] = ts
             except ValidationError as exc:
                 out.rejected.append((pos, describe_errors(exc)))
             except ValueError as exc:

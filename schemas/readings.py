@@ -1,11 +1,16 @@
-"""Sensor readings: what a device measured, where and when (topic ``readings.v1``)."""
+"""Sensor readings: what a device measured, where and when.
+
+A device or gateway sends readings one object each (``SensorReading``, the ingest API's and the
+MQTT bridge's contract); on the readings topic (``readings.v2``) they travel as frames
+(``ReadingFrame``): the readings ingest accepted from one post for one partition, column by
+column, so a reader checks numbers and short codes in bulk rather than a document a reading."""
 
 from __future__ import annotations
 
-import hashlib
 import uuid
-from datetime import UTC, datetime
-from typing import Annotated, NotRequired
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, NotRequired
 
 import orjson
 from pydantic import (
@@ -18,7 +23,7 @@ from pydantic import (
 )
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
-from schemas.base import LINE_PATTERN, Code, Contract, Number, UtcDatetime
+from schemas.base import LINE_PATTERN, Code, Contract, Number, UtcDatetime, uuid5_of
 
 # A fixed namespace makes a reading id derived from its content reproducible everywhere.
 _READING_NS = uuid.UUID("6f1d4c1e-2b8a-4b57-9a57-6e0d0c8f3a11")
@@ -27,31 +32,15 @@ _READING_NS_BYTES = _READING_NS.bytes
 
 def derive_reading_id(device_id: str, metric: str, ts_iso: str) -> uuid.UUID:
     """Deterministic id for a reading that arrived without one: same content, same id."""
-    return uuid.UUID(reading_id_text(device_id, metric, ts_iso))
+    return uuid5_of(_READING_NS_BYTES, f"{device_id}|{metric}|{ts_iso}".encode())
 
 
-def reading_id_text(device_id: str, metric: str, ts_iso: str) -> str:
-    """``derive_reading_id`` as text."""
-    return _uuid5_text(f"{device_id}|{metric}|{ts_iso}".encode())
-
-
-def reading_id_at(device_id: str, metric: str, ts: datetime) -> str:
-    """``reading_id_text`` of a UTC instant, for the hot paths that derive one per reading.
+def reading_id_at(device_id: str, metric: str, ts: datetime) -> uuid.UUID:
+    """``derive_reading_id`` of a UTC instant, for the writer, which derives one a reading.
     orjson writes a UTC datetime exactly as ``isoformat`` does (tests/unit/test_schemas.py
     holds it to that), seven times cheaper."""
-    return _uuid5_text(b"%s|%s|%s" % (device_id.encode(), metric.encode(), orjson.dumps(ts)[1:-1]))
-
-
-def _uuid5_text(name: bytes) -> str:
-    """``str(uuid.uuid5(_READING_NS, name))`` (SHA-1 over namespace and name, version 5,
-    RFC 4122 variant) written straight from the hex digest, without UUID objects or byte
-    twiddling, which cost more than validating the reading."""
-    h = hashlib.sha1(_READING_NS_BYTES + name).hexdigest()
-    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
-
-
-# The hex digit that holds the RFC 4122 variant: its two high bits become 10.
-_VARIANT = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
+    name = b"%s|%s|%s" % (device_id.encode(), metric.encode(), orjson.dumps(ts)[1:-1])
+    return uuid5_of(_READING_NS_BYTES, name)
 
 
 Unit = Annotated[str, Field(min_length=1, max_length=16, pattern=LINE_PATTERN)]
@@ -133,10 +122,129 @@ READING_RECORD: TypeAdapter[ReadingRecord] = TypeAdapter(ReadingRecord)
 READING_RECORDS: TypeAdapter[list[ReadingRecord]] = TypeAdapter(list[ReadingRecord])
 
 
-def record_reading_id(record: ReadingRecord) -> uuid.UUID:
-    """The record's id, derived exactly as SensorReading derives it when absent."""
-    given = record.get("reading_id")
-    if given is not None:
-        return given
-    ts = record["ts"].astimezone(UTC)
-    return uuid.UUID(reading_id_at(record["device_id"], record["metric"], ts))
+# The readings topic's record: a frame of readings, column by column.
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+# Readings in one frame at most (ingest sends at most FRAME_READINGS): a bound on a record.
+MAX_FRAME = 100_000
+FRAME_READINGS = 2_000
+
+EpochMicros = Annotated[int, Field(strict=True)]
+
+
+def micros(ts: datetime) -> int:
+    """An aware instant as whole microseconds since the Unix epoch (exact, unlike a float)."""
+    return (ts - EPOCH) // MICROSECOND
+
+
+def from_micros(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+@with_config(ConfigDict(extra="forbid", str_strip_whitespace=True, title="ReadingFrame"))
+class ReadingFrame(TypedDict):
+    """Readings on the readings topic, column by column: the i-th reading is ``device_id[i]``,
+    ``metric[i]``, ``value[i]`` ``unit[i]`` at ``ts[i]``, standing at ``places[place[i]]``
+    (nowhere known when null). Every column has one item a reading. Units are canonical and
+    readings are in the partition of their device (ingest sees to both); ``reading_id`` is
+    there when a client chose ids (null for the others, whose id is derived from device,
+    metric and time as ``SensorReading`` derives it)."""
+
+    device_id: Annotated[list[Code], Field(min_length=1, max_length=MAX_FRAME)]
+    metric: Annotated[list[Code], Field(min_length=1, max_length=MAX_FRAME)]
+    unit: Annotated[list[Unit], Field(min_length=1, max_length=MAX_FRAME)]
+    ts: Annotated[
+        list[EpochMicros],
+        Field(min_length=1, max_length=MAX_FRAME, description="Microseconds since 1970, UTC."),
+    ]
+    value: Annotated[list[Number], Field(min_length=1, max_length=MAX_FRAME)]
+    place: Annotated[list[Annotated[int, Field(strict=True, ge=0)] | None], Field(min_length=1)]
+    places: list[LocationRecord]
+    reading_id: NotRequired[list[uuid.UUID | None]]
+
+
+READING_FRAME: TypeAdapter[ReadingFrame] = TypeAdapter(ReadingFrame)
+_COLUMNS = ("device_id", "metric", "unit", "ts", "value", "place")
+
+
+class FrameError(ValueError):
+    """A frame whose columns pass one by one but do not fit together."""
+
+
+def read_frame(raw: bytes) -> ReadingFrame:
+    """A record of the readings topic checked against the contract: raises pydantic's
+    ValidationError, or FrameError when its columns do not line up."""
+    frame = READING_FRAME.validate_json(raw)
+    n = len(frame["ts"])
+    for name in _COLUMNS:
+        if len(frame[name]) != n:  # type: ignore[literal-required]
+            raise FrameError(f"{name}: {len(frame[name])} items for {n} readings")  # type: ignore[literal-required]
+    ids = frame.get("reading_id")
+    if ids is not None and len(ids) != n:
+        raise FrameError(f"reading_id: {len(ids)} items for {n} readings")
+    if frame["places"] or any(p is not None for p in frame["place"]):
+        top = max((p for p in frame["place"] if p is not None), default=-1)
+        if top >= len(frame["places"]):
+            raise FrameError(f"place: {top} is past the {len(frame['places'])} places")
+    return frame
+
+
+def frame_readings(frame: ReadingFrame) -> list[dict[str, Any]]:
+    """A frame's readings as ``SensorReading`` objects' plain data (time as RFC 3339 text)."""
+    places, ids = frame["places"], frame.get("reading_id")
+    out = []
+    for i, (device, metric, unit, us, value, place) in enumerate(
+        zip(*(frame[c] for c in _COLUMNS), strict=True)  # type: ignore[literal-required]
+    ):
+        reading: dict[str, Any] = {
+            "device_id": device,
+            "metric": metric,
+            "value": value,
+            "unit": unit,
+            "ts": from_micros(us).isoformat().replace("+00:00", "Z"),
+        }
+        if place is not None:
+            reading["location"] = dict(places[place])
+        if ids is not None and ids[i] is not None:
+            reading["reading_id"] = str(ids[i])
+        out.append(reading)
+    return out
+
+
+def encode_frame(
+    device_id: Sequence[str],
+    metric: Sequence[str],
+    unit: Sequence[str],
+    ts: Sequence[int],
+    value: Sequence[float],
+    location: Sequence[LocationRecord | None],
+    reading_id: Sequence[str | None] | None = None,
+) -> bytes:
+    """A frame's record from its readings' columns (locations given per reading, written once
+    each)."""
+    index: dict[tuple[Any, ...], int] = {}
+    places: list[LocationRecord] = []
+    place: list[int | None] = []
+    for where in location:
+        if not where:
+            place.append(None)
+            continue
+        key = tuple(where.items())
+        at = index.get(key)
+        if at is None:
+            at = index[key] = len(places)
+            places.append(where)
+        place.append(at)
+    frame: dict[str, Any] = {
+        "device_id": device_id,
+        "metric": metric,
+        "unit": unit,
+        "ts": ts,
+        "value": value,
+        "place": place,
+        "places": places,
+    }
+    if reading_id is not None and any(r is not None for r in reading_id):
+        frame["reading_id"] = reading_id
+    return orjson.dumps(frame)

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from schemas.alerts import AlertTransition
 from schemas.deadletter import DeadLetter
 from schemas.indicator_values import IndicatorValue
-from schemas.readings import SensorReading
+from schemas.readings import READING_FRAME, SensorReading
 from schemas.rollup import SourceMark, WindowPartial
 from schemas.tickets import HotlineTicket
 
 SCHEMA_DIR = Path(__file__).parent / "jsonschema"
 
 # file stem -> model; the stem carries the topic version so a breaking change is a new file.
-CONTRACTS: dict[str, type[BaseModel]] = {
+CONTRACTS: dict[str, type[BaseModel] | TypeAdapter[Any]] = {
     "reading.v1": SensorReading,
+    "reading_frame.v2": READING_FRAME,
     "ticket.v1": HotlineTicket,
     "alert_transition.v1": AlertTransition,
     "indicator_value.v1": IndicatorValue,
@@ -28,11 +30,10 @@ CONTRACTS: dict[str, type[BaseModel]] = {
 }
 
 
-def render(model: type[BaseModel]) -> str:
-    """The JSON Schema text committed for a model."""
-    return (
-        json.dumps(model.model_json_schema(), indent=2, ensure_ascii=False, sort_keys=True) + "\n"
-    )
+def render(model: type[BaseModel] | TypeAdapter[Any]) -> str:
+    """The JSON Schema text committed for a model (or a plain-data contract's adapter)."""
+    schema = model.json_schema() if isinstance(model, TypeAdapter) else model.model_json_schema()
+    return json.dumps(schema, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
 
 
 def drifted(directory: Path = SCHEMA_DIR) -> list[str]:

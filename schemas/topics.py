@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-READINGS = "readings.v1"
+READINGS = "readings.v2"
 TICKETS = "tickets.v1"
 ALERTS = "alerts.v1"
 INDICATOR_VALUES = "indicator-values.v1"

@@ -158,13 +158,38 @@ class KeyedBatches:
         """Hand (key, value) records over; the futures settle when the broker acknowledges."""
         if not records:
             return []
+        keys = [key for key, _ in records]
+        by_partition = {
+            p: [records[i] for i in items] for p, items in (await self.place(topic, keys)).items()
+        }
+        return await self.send_placed(topic, by_partition)
+
+    async def place(self, topic: str, keys: Sequence[bytes]) -> dict[int, list[int]]:
+        """The indexes of ``keys`` by the partition each hashes to, in order: for a sender that
+        puts several items of a partition in one record."""
         partitions = sorted(await self.producer.partitions_for(topic))
         if len(partitions) == 1:
             # Nothing to choose (the local stack's topics). Hashing a storm's ~700 keys, new
             # to the cache, cost ~9 ms of an idle core on the alerts' path.
-            by_partition = {partitions[0]: list(records)}
-        else:
-            by_partition = self._place(topic, partitions, records)
+            return {partitions[0]: list(range(len(keys)))}
+        if partitions != self._partitions.get(topic):
+            self._partitions[topic], self._placed[topic] = partitions, {}
+        placed = self._placed[topic]
+        by_partition: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            partition = placed.get(key)
+            if partition is None:
+                # murmur2 in pure Python is dear: once per key.
+                partition = self.partitioner(key, partitions, partitions)
+                if len(placed) < self.CACHE:
+                    placed[key] = partition
+            by_partition.setdefault(partition, []).append(i)
+        return by_partition
+
+    async def send_placed(
+        self, topic: str, by_partition: Mapping[int, Sequence[tuple[bytes | None, bytes]]]
+    ) -> list[asyncio.Future[Any]]:
+        """Hand (key, value) records over, each to the partition it is listed under."""
         if self.linger:
             return [f for p, items in by_partition.items() for f in self._join(topic, p, items)]
         sends: list[asyncio.Future[Any]] = []
@@ -179,7 +204,7 @@ class KeyedBatches:
         return sends
 
     def _join(
-        self, topic: str, partition: int, items: Sequence[tuple[bytes, bytes]]
+        self, topic: str, partition: int, items: Sequence[tuple[bytes | None, bytes]]
     ) -> list[asyncio.Future[Any]]:
         """Append to the partition's open batch (opening one, or another when it is full);
         the futures of the batches the records went into."""
@@ -248,24 +273,6 @@ class KeyedBatches:
         else:
             if not batch.delivered.done():
                 batch.delivered.set_result(outcome)
-
-    def _place(
-        self, topic: str, partitions: list[int], records: Sequence[tuple[bytes, bytes]]
-    ) -> dict[int, list[tuple[bytes, bytes]]]:
-        """The records by the partition their key hashes to."""
-        if partitions != self._partitions.get(topic):
-            self._partitions[topic], self._placed[topic] = partitions, {}
-        placed = self._placed[topic]
-        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-        for key, value in records:
-            partition = placed.get(key)
-            if partition is None:
-                # murmur2 in pure Python is dear: once per key.
-                partition = self.partitioner(key, partitions, partitions)
-                if len(placed) < self.CACHE:
-                    placed[key] = partition
-            by_partition.setdefault(partition, []).append((key, value))
-        return by_partition
 
 
 class Fenced(Exception):

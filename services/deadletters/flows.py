@@ -13,6 +13,7 @@ from ingest.batch import MalformedBatch, parse_body, sort_items
 from ingest.gateway import BrokerUnavailable, Gateway
 from schemas.alerts import AlertTransition
 from schemas.base import describe_errors
+from schemas.readings import FrameError, frame_readings, read_frame
 from services.deadletters import service
 from services.deadletters.models import LetterRead, ReplayOutcome, ReplayResult
 from services.kafka import encode
@@ -28,6 +29,13 @@ def _items(payload: str) -> list[Any]:
         raise MalformedBatch(f"not valid JSON: {exc}") from exc
     if isinstance(document, list) or (isinstance(document, dict) and "readings" in document):
         return parse_body(payload.encode(), max_items=100_000)
+    if isinstance(document, dict) and "places" in document:  # a frame off the readings topic
+        try:
+            return frame_readings(read_frame(payload.encode()))
+        except ValidationError as exc:
+            raise MalformedBatch(f"not a valid frame of readings: {describe_errors(exc)}") from exc
+        except FrameError as exc:
+            raise MalformedBatch(f"not a valid frame of readings: {exc}") from exc
     return [document]
 
 

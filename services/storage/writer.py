@@ -22,9 +22,10 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import cast
 
@@ -37,7 +38,7 @@ from schemas.alerts import AlertTransition
 from schemas.base import describe_errors
 from schemas.deadletter import DeadLetter
 from schemas.indicator_values import IndicatorValue
-from schemas.readings import READING_RECORD, ReadingRecord, record_reading_id
+from schemas.readings import EPOCH, FrameError, ReadingFrame, read_frame, reading_id_at
 from schemas.tickets import HotlineTicket
 from services.config import Settings
 from services.kafka import (
@@ -295,21 +296,29 @@ WHERE consumer_offsets.next_offset = %(expected)s::bigint AND %(expected)s::bigi
 """
 
 
-def reading_row(record: ReadingRecord, ingested_at: datetime) -> tuple[object, ...]:
-    """A reading (validated by ``READING_RECORD``) as a row in ``READING_COLUMNS`` order."""
-    reading_id = record.get("reading_id") or record_reading_id(record)
-    loc = record.get("location")
-    if not loc:
-        return (
-            record["ts"], reading_id, record["device_id"], record["metric"], record["value"],
-            record["unit"], None, None, None, None, None, ingested_at,
+def frame_rows(frame: ReadingFrame, ingested_at: datetime) -> list[tuple[object, ...]]:
+    """A frame's readings (checked by ``read_frame``) as rows in ``READING_COLUMNS`` order."""
+    places = [
+        (p.get("grid"), p.get("street"), p.get("district"), p.get("lon"), p.get("lat"))
+        for p in frame["places"]
+    ]
+    ids: list[uuid.UUID | None] = frame.get("reading_id") or [None] * len(frame["ts"])
+    rows: list[tuple[object, ...]] = []
+    for device, metric, unit, us, value, place, given in zip(
+        frame["device_id"], frame["metric"], frame["unit"], frame["ts"], frame["value"],
+        frame["place"], ids, strict=True,
+    ):  # fmt: skip
+        ts = EPOCH + timedelta(microseconds=us)
+        reading_id = reading_id_at(device, metric, ts) if given is None else given
+        grid, street, district, lon, lat = _NOWHERE if place is None else places[place]
+        rows.append(
+            (ts, reading_id, device, metric, value, unit, grid, street, district, lon, lat,
+             ingested_at)
         )  # fmt: skip
-    get = loc.get
-    return (
-        record["ts"], reading_id, record["device_id"], record["metric"], record["value"],
-        record["unit"], get("grid"), get("street"), get("district"), get("lon"), get("lat"),
-        ingested_at,
-    )  # fmt: skip
+    return rows
+
+
+_NOWHERE = (None, None, None, None, None)
 
 
 def minutes_of(rows: list[tuple[object, ...]]) -> list[datetime]:
@@ -503,9 +512,8 @@ class WriterHandler:
         topics = self.topics
         for tp, records in batch.items():
             if tp.topic == topics.readings:
-                # The hot path: plain values checked in pydantic-core, no model objects, and
-                # one datetime per broker timestamp rather than per record.
-                validate = READING_RECORD.validate_json
+                # The hot path: frames checked column by column in pydantic-core, and one
+                # datetime per broker timestamp rather than per record.
                 rows = out.readings
                 stamps: dict[int, datetime] = {}
                 for record in records:
@@ -515,9 +523,11 @@ class WriterHandler:
                     if at is None:
                         at = stamps[record.timestamp] = record_time(record)
                     try:
-                        rows.append(reading_row(validate(record.value or b""), at))
+                        rows += frame_rows(read_frame(record.value or b""), at)
                     except ValidationError as exc:
                         out.rejected.append((describe_errors(exc), record))
+                    except FrameError as exc:
+                        out.rejected.append((str(exc), record))
                 continue
             if tp.topic == topics.dead_letter:
                 for record in records:

@@ -13,18 +13,21 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
+import orjson
 import psycopg
 import pytest
 from aiokafka import TopicPartition
 from pydantic import SecretStr
 
+from ingest.batch import frames, sort_items
+from schemas.readings import SensorReading, frame_readings, read_frame
 from services.config import DatabaseSettings, KafkaSettings
 from services.db import migrate
 from services.kafka import is_tick
@@ -228,11 +231,16 @@ def produce_raw(kafka: KafkaSettings, topic: str, values: list[bytes]) -> None:
 
 
 def read_topic(
-    kafka: KafkaSettings, topic: str, *, at_least: int, timeout: float = 20.0
+    kafka: KafkaSettings,
+    topic: str,
+    *,
+    at_least: int,
+    timeout: float = 20.0,
+    count: Callable[[bytes], int] = lambda value: 1,
 ) -> list[bytes]:
-    """Every record value on a topic, waiting until there are at least ``at_least`` and every
-    record already on the topic when it looked has been read (a slow machine must not make
-    it stop at the first batch)."""
+    """Every record value on a topic, waiting until there are at least ``at_least`` (as
+    ``count`` counts a record) and every record already on the topic when it looked has been
+    read (a slow machine must not make it stop at the first batch)."""
     import asyncio
 
     from aiokafka import AIOKafkaConsumer
@@ -265,10 +273,32 @@ def read_topic(
                 caught_up = bool(ends) and all(
                     p >= end for p, end in zip(positions, ends.values(), strict=True)
                 )
-                if len(values) >= at_least and caught_up:
+                if sum(map(count, values)) >= at_least and caught_up:
                     break
         finally:
             await consumer.stop()
         return values
 
     return asyncio.run(read())
+
+
+def read_readings(
+    kafka: KafkaSettings, *, at_least: int, timeout: float = 20.0
+) -> list[dict[str, Any]]:
+    """Every reading in the frames on the readings topic (as ``SensorReading`` data), waiting
+    for at least ``at_least`` of them."""
+    values = read_topic(
+        kafka, kafka.topics.readings, at_least=at_least, timeout=timeout,
+        count=lambda value: len(orjson.loads(value)["ts"]),
+    )  # fmt: skip
+    return [reading for value in values for reading in frame_readings(read_frame(value))]
+
+
+def frame_of(*readings: SensorReading | Mapping[str, Any]) -> bytes:
+    """Readings in one frame of the readings topic, as ingest puts them there (units made
+    canonical; a reading ingest would refuse is an error in the test)."""
+    items = [r.model_dump(mode="json") if isinstance(r, SensorReading) else r for r in readings]
+    result = sort_items(items)
+    assert not result.rejected, result.rejected
+    [frame] = frames(result.accepted, size=len(items))
+    return frame

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import orjson
 import pytest
 
 from services.config import KafkaSettings
@@ -22,7 +21,7 @@ from tests.integration.conftest import (
     eventually,
     fresh_database,
     issue_key,
-    read_topic,
+    read_readings,
     serving,
     stack_env,
 )
@@ -97,9 +96,7 @@ def test_ingest_accepts_registered_devices_only_and_fills_their_place(setup: Set
     assert registered.json() == {"registered": 1}
     eventually(lambda: post(setup, device)["accepted"] == 1, timeout=10)
 
-    on_topic = [
-        orjson.loads(v) for v in read_topic(setup.kafka, setup.kafka.topics.readings, at_least=1)
-    ]
+    on_topic = read_readings(setup.kafka, at_least=1)
     mine = [r for r in on_topic if r["device_id"] == device]
     assert mine
     assert mine[0]["location"]["district"] == "yuexiu"

@@ -17,6 +17,7 @@ import psutil
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from schemas.topics import Topics
 from services.local.broker import LocalBroker
 from services.local.postgres import LocalPostgres
 from services.local.processes import free_port, port_open, wait_for_port
@@ -148,7 +149,7 @@ def test_local_stack_serves_an_alert_stops_cleanly_and_keeps_its_data(workdir: P
             # The simulated city is feeding it too.
             eventually(lambda: local.latest(client, "district/tianhe"))
         # One partition a topic on the embedded broker: each post is one stored batch.
-        assert partitions(f"127.0.0.1:{local.broker_port}", "city-vitals.readings.v1") == {0}
+        assert partitions(f"127.0.0.1:{local.broker_port}", Topics().readings) == {0}
     finally:
         output = local.stop()
     assert "city-vitals is running" in output

@@ -18,7 +18,14 @@ from services.local.broker import LocalBroker
 from services.local.mosquitto import LocalMosquitto
 from services.local.postgres import LocalPostgres
 from services.local.processes import free_port
-from tests.integration.conftest import eventually, fresh_database, read_topic, spawn, stack_env
+from tests.integration.conftest import (
+    eventually,
+    fresh_database,
+    read_readings,
+    read_topic,
+    spawn,
+    stack_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +83,7 @@ def test_bridge_forwards_validates_and_keeps_what_arrives_while_it_is_down(
         publish(gauges, f"{ROOT}/nowhere", depth(1000))
         publish(gauges, f"{ROOT}/yuexiu/waterlogging_gauge/yx-wl-1", depth(1001, device_id="x"))
 
-        readings = [orjson.loads(v) for v in read_topic(kafka, kafka.topics.readings, at_least=100)]
+        readings = read_readings(kafka, at_least=100)
         assert len(readings) == 100
         first = min(readings, key=lambda r: r["value"])
         # Units normalised (mm -> cm); device and district taken from the topic.
@@ -101,8 +108,8 @@ def test_bridge_forwards_validates_and_keeps_what_arrives_while_it_is_down(
         for i in range(100, 150):
             publish(gauges, f"{ROOT}/tianhe/waterlogging_gauge/th-wl-{i % 5}", depth(i))
         bridge = spawn("mqtt-bridge", env, log)
-        readings = [orjson.loads(v) for v in read_topic(kafka, kafka.topics.readings, at_least=150)]
-        assert len({r["reading_id"] for r in readings}) == 150
+        readings = read_readings(kafka, at_least=150)
+        assert len({(r["device_id"], r["ts"]) for r in readings}) == 150
         assert sum(r["location"]["district"] == "tianhe" for r in readings) == 50
     finally:
         gauges.loop_stop()

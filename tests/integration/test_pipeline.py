@@ -278,7 +278,16 @@ def test_poison_records_are_dead_lettered_and_the_pipeline_goes_on(
     stack: Stack, client: httpx.Client
 ) -> None:
     marker = uuid.uuid4().hex
-    poison = [f"not json {marker}".encode(), b'{"device_id": "' + marker.encode() + b'"}']
+    # Not JSON; a reading where a frame belongs; a frame whose columns do not line up.
+    misaligned = {
+        "device_id": [marker], "metric": ["aqi"], "unit": ["AQI"], "ts": [0, 1], "value": [1.0],
+        "place": [None], "places": [],
+    }  # fmt: skip
+    poison = [
+        f"not json {marker}".encode(),
+        b'{"device_id": "' + marker.encode() + b'"}',
+        orjson.dumps(misaligned),
+    ]
     produce_raw(stack.kafka, stack.kafka.topics.readings, poison)
     produce_raw(stack.kafka, stack.kafka.topics.alerts, [f"bad alert {marker}".encode()])
 
@@ -294,13 +303,13 @@ def test_poison_records_are_dead_lettered_and_the_pipeline_goes_on(
                 found[letter.source] = found.get(letter.source, 0) + 1
         return found
 
-    # The rules engine refuses both poisoned readings; the writer those and the bad alert.
+    # The rules engine refuses the three poisoned frames; the writer those and the bad alert.
     seen: dict[str, int] = {}
 
     def all_letters() -> bool:
         seen.clear()
         seen.update(letters())
-        return seen == {"rules": 2, "writer": 3}
+        return seen == {"rules": 3, "writer": 4}
 
     try:
         eventually(all_letters, timeout=60)

@@ -15,7 +15,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -26,7 +25,7 @@ from services.config import KafkaSettings
 from services.kafka import ensure_topics
 from services.local.broker import LocalBroker
 from services.local.postgres import LocalPostgres
-from tests.integration.conftest import eventually, fresh_database, spawn, stack_env
+from tests.integration.conftest import eventually, frame_of, fresh_database, spawn, stack_env
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +62,7 @@ def stream(seed: int) -> list[tuple[str, bytes]]:
                 "ts": ts.isoformat(),
                 "location": {"district": district, "street": f"{district}-s1"},
             }
-            out.append((device, orjson.dumps(record)))
+            out.append((device, frame_of(record)))
     return out
 
 

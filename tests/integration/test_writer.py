@@ -18,6 +18,7 @@ from schemas.alerts import AlertTransition, Level, ScopeLevel, TransitionKind
 from schemas.deadletter import DeadLetter
 from schemas.indicator_values import IndicatorValue, value_id_for
 from schemas.readings import SensorReading
+from schemas.topics import Topics
 from services.config import DatabaseSettings, Settings, WriterSettings
 from services.kafka import (
     Batch,
@@ -31,11 +32,11 @@ from services.kafka import (
 from services.local.broker import LocalBroker
 from services.local.postgres import LocalPostgres
 from services.storage.writer import WriterHandler
-from tests.integration.conftest import fresh_database, read_topic
+from tests.integration.conftest import frame_of, fresh_database, read_topic
 
 pytestmark = pytest.mark.integration
 
-TOPIC = "city-vitals.readings.v1"
+TOPIC = Topics().readings
 
 
 def records(
@@ -51,7 +52,7 @@ def records(
             unit="AQI",
             ts=t0 + timedelta(seconds=offset),
         )
-        value = encode(reading)
+        value = frame_of(reading)
         out.append(
             ConsumerRecord(
                 topic, partition, offset, 1_782_000_000_000, 0, None, value, None, 0, len(value), ()

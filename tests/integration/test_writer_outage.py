@@ -16,11 +16,11 @@ from pydantic import SecretStr
 from schemas.readings import SensorReading
 from services.config import DatabaseSettings, KafkaSettings
 from services.db import migrate
-from services.kafka import encode, ensure_topics, make_producer
+from services.kafka import ensure_topics, make_producer
 from services.local.broker import LocalBroker
 from services.local.postgres import LocalPostgres
 from services.local.processes import free_port
-from tests.integration.conftest import eventually, spawn, stack_env
+from tests.integration.conftest import eventually, frame_of, spawn, stack_env
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ def produce(kafka: KafkaSettings, first: int, count: int) -> None:
                     ts=t0 + timedelta(seconds=i),
                 )
                 sends.append(
-                    await producer.send(kafka.topics.readings, encode(reading), key=reading.key)
+                    await producer.send(kafka.topics.readings, frame_of(reading), key=reading.key)
                 )
             await asyncio.gather(*sends)
         finally:

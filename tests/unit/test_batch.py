@@ -13,6 +13,7 @@ from ingest.batch import (
     MalformedBatch,
     RecentIds,
     Sorted,
+    frames,
     latest_allowed,
     parse_body,
     parse_ndjson,
@@ -21,7 +22,7 @@ from ingest.batch import (
     sort_items,
 )
 from ingest.city.model import City
-from schemas.readings import SensorReading
+from schemas.readings import SensorReading, frame_readings, read_frame
 
 ITEM = {"device_id": "d", "metric": "aqi", "value": 1, "unit": "AQI", "ts": "2026-07-01T00:00:00Z"}
 
@@ -78,10 +79,29 @@ def test_accepted_readings_are_normalised_like_the_contract() -> None:
     item = {**ITEM, "ts": "2026-07-01T08:00:00+08:00", "location": {"district": "yuexiu"}}
     [accepted] = sort_items([item]).accepted
     model = SensorReading.model_validate(item)
-    assert accepted.reading_id == str(model.reading_id)
-    assert accepted.key == model.key
-    assert SensorReading.model_validate_json(accepted.value) == model
-    assert b'"ts":"2026-07-01T00:00:00Z"' in accepted.value
+    assert accepted.record["ts"] == "2026-07-01T00:00:00Z"
+    assert SensorReading.model_validate(accepted.record) == model
+    # On the topic, in a frame: the same reading, its id derived as the contract derives it.
+    [frame] = frames([accepted])
+    assert [SensorReading.model_validate(r) for r in frame_readings(read_frame(frame))] == [model]
+
+
+def test_frames_carry_client_ids_and_places_once_and_split_at_their_size() -> None:
+    chosen = str(uuid.uuid4())
+    place = {"district": "yuexiu", "grid": "g1"}
+    items = [{**ITEM, "ts": f"2026-07-01T00:00:0{i}Z", "location": place} for i in range(5)]
+    items[3] = {**ITEM, "ts": "2026-07-01T00:00:03Z", "reading_id": chosen}  # nowhere
+    accepted = sort_items(items).accepted
+    assert accepted[3].ident == accepted[3].reading_id == chosen
+    assert accepted[0].ident == ("d", "aqi", accepted[0].ts)  # a retry repeats the reading
+    first, second = frames(accepted, size=3)
+    assert orjson.loads(first)["places"] == [place]
+    assert orjson.loads(first)["place"] == [0, 0, 0]
+    assert "reading_id" not in orjson.loads(first)
+    again = frame_readings(read_frame(first)) + frame_readings(read_frame(second))
+    assert [SensorReading.model_validate(r) for r in again] == [
+        SensorReading.model_validate(i) for i in items
+    ]
 
 
 def test_a_device_key_sends_only_its_own_readings() -> None:
@@ -121,8 +141,8 @@ def test_recent_ids_drop_repeats_and_release_failed_hand_offs() -> None:
 
 def test_sorting_is_deterministic_in_ids() -> None:
     ts = datetime(2026, 7, 1, tzinfo=UTC).isoformat()
-    first = sort_items([{**ITEM, "ts": ts}]).accepted[0].reading_id
-    assert sort_items([{**ITEM, "ts": ts}]).accepted[0].reading_id == first
+    first = sort_items([{**ITEM, "ts": ts}]).accepted[0].ident
+    assert sort_items([{**ITEM, "ts": ts}]).accepted[0].ident == first
 
 
 def test_units_are_normalised_to_the_metric_s_canonical_one() -> None:
@@ -135,9 +155,9 @@ def test_units_are_normalised_to_the_metric_s_canonical_one() -> None:
     assert "'furlong' cannot be converted to 'cm'" in result.rejected[0].reason
 
 
-def _verdicts(result: Sorted) -> tuple[list[tuple[str, bytes]], list[tuple[int, str]]]:
+def _verdicts(result: Sorted) -> tuple[list[Accepted], list[tuple[int, str]]]:
     return (
-        [(a.reading_id, a.value) for a in result.accepted],
+        result.accepted,
         [(r.index, r.reason) for r in result.rejected],
     )
 

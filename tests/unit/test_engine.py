@@ -20,6 +20,7 @@ import pytest
 from rules.engine import Definitions, Output, RollupTask, SourceTask, encode_tick, replay
 from rules.indicators import Catalogue, Indicator, Source
 from schemas.alerts import AlertTransition, Condition, ScopeLevel, TransitionKind
+from schemas.readings import encode_frame
 
 READINGS, TICKETS = "r", "t"
 SOURCES = {Source.SENSOR: READINGS, Source.TICKETS: TICKETS}
@@ -60,16 +61,22 @@ def catalogue() -> Catalogue:
     )  # fmt: skip
 
 
+def frame(*readings: tuple[str, str, int, float]) -> tuple[bytes, bool]:
+    """Readings (device, district, epoch ms, value) in one frame, as ingest puts them on the
+    topic."""
+    n = len(readings)
+    return encode_frame(
+        [device for device, _, _, _ in readings],
+        ["depth"] * n,
+        ["cm"] * n,
+        [ts * 1000 for _, _, ts, _ in readings],
+        [value for _, _, _, value in readings],
+        [{"district": d, "street": f"{d}-s", "grid": f"{d}-g"} for _, d, _, _ in readings],
+    ), False
+
+
 def reading(device: str, district: str, ts: int, value: float) -> tuple[bytes, bool]:
-    record = {
-        "device_id": device,
-        "metric": "depth",
-        "value": value,
-        "unit": "cm",
-        "ts": datetime.fromtimestamp(ts / 1000, tz=UTC).isoformat(),
-        "location": {"district": district, "street": f"{district}-s", "grid": f"{district}-g"},
-    }
-    return orjson.dumps(record), False
+    return frame((device, district, ts, value))
 
 
 def ticket(n: int, district: str, ts: int) -> tuple[bytes, bool]:
@@ -88,8 +95,8 @@ def tick(ts: int) -> tuple[bytes, bool]:
 
 
 def city_logs(seed: int, partitions: int = 3, minutes: int = 90, per_minute: int = 1) -> Logs:
-    """Devices keyed to partitions by name, readings ``per_minute`` times a minute, some
-    disorder, storms."""
+    """Devices keyed to partitions by name, readings ``per_minute`` times a minute in a frame
+    a partition (as a gateway's post arrives), some disorder, storms."""
     rng = np.random.default_rng(seed)
     logs: Logs = {(READINGS, p): [] for p in range(partitions)}
     logs[(TICKETS, 0)] = []
@@ -98,6 +105,7 @@ def city_logs(seed: int, partitions: int = 3, minutes: int = 90, per_minute: int
     n = 0
     for step in range(minutes * per_minute):
         minute = step // per_minute
+        posted: dict[int, list[tuple[str, str, int, float]]] = {}
         for device, district in devices:
             ts = T0 + step * MINUTE // per_minute + int(rng.integers(0, MINUTE // per_minute))
             ts -= int(rng.integers(0, 150_000)) if rng.random() < 0.05 else 0  # late, some too late
@@ -105,7 +113,9 @@ def city_logs(seed: int, partitions: int = 3, minutes: int = 90, per_minute: int
             value = float(max(0.0, wave + rng.normal(0, 2)))
             if rng.random() < 0.9 or minute < 5:  # some devices skip minutes
                 partition = zlib.crc32(device.encode()) % partitions
-                logs[(READINGS, partition)].append(reading(device, district, ts, value))
+                posted.setdefault(partition, []).append((device, district, ts, value))
+        for partition, readings in posted.items():
+            logs[(READINGS, partition)].append(frame(*readings))
         if rng.random() < 0.3 / per_minute:
             n += 1
             logs[(TICKETS, 0)].append(ticket(n, f"d{n % 3}", T0 + minute * MINUTE))

@@ -109,7 +109,7 @@ def test_dead_letter_payload_is_bounded() -> None:
 def test_topic_names_are_versioned_and_namespaced() -> None:
     topics = Topics(prefix="gz")
     assert topics.all() == (
-        "gz.readings.v1",
+        "gz.readings.v2",
         "gz.tickets.v1",
         "gz.alerts.v1",
         "gz.indicator-values.v1",
@@ -208,7 +208,7 @@ _GOOD = {
 def test_the_fast_reading_record_agrees_with_the_contract(changes: dict[str, object]) -> None:
     """READING_RECORD (the writer's fast path) accepts exactly what SensorReading accepts and
     yields the same values, including the derived reading id."""
-    from schemas.readings import READING_RECORD, record_reading_id
+    from schemas.readings import READING_RECORD, reading_id_at
 
     raw = orjson.dumps({**_GOOD, **changes})
     try:
@@ -222,7 +222,10 @@ def test_the_fast_reading_record_agrees_with_the_contract(changes: dict[str, obj
     assert (model is None) == (record is None), (model, record)
     if model is None or record is None:
         return
-    assert record_reading_id(record) == model.reading_id
+    given = record.get("reading_id")
+    ts = record["ts"].astimezone(UTC)
+    derived = reading_id_at(record["device_id"], record["metric"], ts)
+    assert (given or derived) == model.reading_id
     assert record["ts"] == model.ts
     assert (record["device_id"], record["metric"], record["value"], record["unit"]) == (
         model.device_id,
@@ -239,10 +242,10 @@ def test_the_fast_reading_record_agrees_with_the_contract(changes: dict[str, obj
 def test_the_fast_reading_id_is_uuid5() -> None:
     import uuid
 
-    from schemas.readings import _READING_NS, reading_id_text
+    from schemas.readings import _READING_NS, derive_reading_id
 
     for name in (("d", "aqi", "2026-07-01T00:00:00+00:00"), ("设备-1", "x", "t")):
-        assert reading_id_text(*name) == str(uuid.uuid5(_READING_NS, "|".join(name)))
+        assert derive_reading_id(*name) == uuid.uuid5(_READING_NS, "|".join(name))
 
 
 @given(
@@ -253,7 +256,54 @@ def test_the_fast_reading_id_is_uuid5() -> None:
 def test_the_hot_path_reading_id_equals_the_defined_one(ts: datetime) -> None:
     """reading_id_at writes the instant with orjson, which must write a UTC datetime exactly as
     isoformat does, or ids derived by ingest would differ from SensorReading's."""
-    from schemas.readings import reading_id_at, reading_id_text
+    from schemas.readings import derive_reading_id, reading_id_at
 
     assert orjson.dumps(ts)[1:-1].decode() == ts.isoformat()
-    assert reading_id_at("d-1", "aqi", ts) == reading_id_text("d-1", "aqi", ts.isoformat())
+    assert reading_id_at("d-1", "aqi", ts) == derive_reading_id("d-1", "aqi", ts.isoformat())
+
+
+_FRAME = {
+    "device_id": ["wl-1", "wl-2"],
+    "metric": ["waterlogging_depth", "waterlogging_depth"],
+    "unit": ["cm", "cm"],
+    "ts": [1_782_000_000_000_000, 1_782_000_000_500_000],
+    "value": [12.5, 3],
+    "place": [0, None],
+    "places": [{"district": "yuexiu", "grid": "g-1"}],
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({}, None),
+        ({"reading_id": ["6f1d4c1e-2b8a-4b57-9a57-6e0d0c8f3a11", None]}, None),
+        ({"place": [None, None], "places": []}, None),
+        ({"ts": [-1_000_000, 0]}, None),  # before 1970 is a time too
+        ({"value": [12.5]}, "value: 1 items for 2 readings"),
+        ({"reading_id": [None]}, "reading_id: 1 items for 2 readings"),
+        ({"place": [0, 1]}, "place: 1 is past the 1 places"),
+        ({"ts": ["2026-07-01T00:00:00Z", 0]}, "ts.0: Input should be a valid integer"),
+        ({"ts": [True, 0]}, "ts.0: Input should be a valid integer"),
+        ({"value": [1e309, 1]}, "value.0"),
+        ({"device_id": ["has space", "x"]}, "device_id.0: String should match pattern"),
+        ({"device_id": [], "metric": [], "unit": [], "ts": [], "value": [], "place": []},
+         "device_id: List should have at least 1 item"),
+        ({"extra": 1}, "extra: Extra inputs are not permitted"),
+        ({"places": [{"floor": 3}]}, "places.0.floor: Extra inputs are not permitted"),
+    ],
+)  # fmt: skip
+def test_a_frame_is_checked_column_by_column_and_as_a_whole(
+    changes: dict[str, object], reason: str | None
+) -> None:
+    from schemas.readings import FrameError, read_frame
+
+    raw = orjson.dumps({**_FRAME, **changes})
+    if reason is None:
+        assert len(read_frame(raw)["ts"]) == 2
+        return
+    with pytest.raises((ValidationError, FrameError)) as caught:
+        read_frame(raw)
+    exc = caught.value
+    said = describe_errors(exc) if isinstance(exc, ValidationError) else str(exc)
+    assert said.startswith(reason), said
