@@ -21,12 +21,12 @@ from psycopg_pool import PoolTimeout
 from pydantic import Field
 from pydantic.json_schema import models_json_schema
 
-from ingest.batch import MalformedBatch, latest_allowed
+from ingest.batch import FRAME_TYPE, MalformedBatch, latest_allowed
 from ingest.gateway import BrokerUnavailable, Gateway
 from ingest.registry import DeviceRegistry, RegistryUnavailable, check_devices
 from ingest.sorting import Sorter, SorterUnavailable
 from schemas.base import Contract, utcnow
-from schemas.readings import SensorReading
+from schemas.readings import READING_FRAME, SensorReading
 from services.api.deps import SettingsDep
 from services.auth.deps import require
 from services.auth.models import Principal, Scope
@@ -83,6 +83,7 @@ def readings_body(max_items: int) -> dict[str, Any]:
             "application/json": {"schema": {"oneOf": [items, envelope]}},
             # One reading per line; a line that is not JSON is refused on its own.
             "application/x-ndjson": {"schema": {"type": "string"}},
+            FRAME_TYPE: {"schema": {"$ref": "#/components/schemas/ReadingFrame"}},
         },
     }
 
@@ -93,10 +94,13 @@ def _openapi_with_contracts(app: FastAPI) -> dict[str, Any]:
         document = get_openapi(
             title=app.title, version=app.version, summary=app.summary, routes=app.routes
         )
-        _, defs = models_json_schema(
-            [(SensorReading, "validation")], ref_template="#/components/schemas/{model}"
-        )
-        document.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+        ref = "#/components/schemas/{model}"
+        _, defs = models_json_schema([(SensorReading, "validation")], ref_template=ref)
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(defs["$defs"])
+        frame = READING_FRAME.json_schema(ref_template=ref)
+        schemas.update(frame.pop("$defs", {}))
+        schemas["ReadingFrame"] = frame
         app.openapi_schema = document
     return app.openapi_schema
 
@@ -209,7 +213,10 @@ def create_app(settings: Settings) -> FastAPI:
 
         Needs an API key with the ``readings:write`` scope (``Authorization: Bearer <key>``);
         a key bound to a device sends only that device's readings. The body is a JSON array,
-        ``{"readings": [...]}``, or NDJSON (``content-type: application/x-ndjson``).
+        ``{"readings": [...]}``, NDJSON (``content-type: application/x-ndjson``), or a frame
+        (``content-type: application/vnd.city-vitals.frame+json``): many readings column by
+        column, as the readings topic carries them, the cheapest form for a gateway; its
+        readings are counted, and refused, by their position in the columns.
         202 means every accepted reading is acknowledged by the broker; readings whose id was
         accepted before (a retried batch) are counted as duplicates and not sent again.
         Rejected items go to the dead-letter topic with their reason.
@@ -223,12 +230,13 @@ def create_app(settings: Settings) -> FastAPI:
             body += chunk
             if len(body) > limit:
                 raise HTTPException(413, f"body exceeds the limit of {limit} bytes")
-        ndjson = request.headers.get("content-type", "").startswith("application/x-ndjson")
+        kind = request.headers.get("content-type", "")
         sorter: Sorter = request.app.state.sorter
         try:
             result = await sorter.sort(
                 bytes(body),
-                ndjson=ndjson,
+                ndjson=kind.startswith("application/x-ndjson"),
+                frame=kind.startswith(FRAME_TYPE),
                 max_items=settings.ingest.max_batch_items,
                 only_device=caller.device_id,
                 not_after=latest_allowed(settings.ingest.max_future_seconds, utcnow()),

@@ -19,11 +19,14 @@ from schemas.readings import (
     FRAME_READINGS,
     READING_RECORD,
     READING_RECORDS,
+    FrameError,
     LocationRecord,
+    ReadingFrame,
     ReadingRecord,
     encode_frame,
     from_micros,
     micros,
+    read_frame,
 )
 
 
@@ -200,11 +203,14 @@ def sort_body(
     *,
     ndjson: bool,
     max_items: int,
+    frame: bool = False,
     only_device: str | None = None,
     not_after: datetime | None = None,
 ) -> Sorted:
-    """A raw body (a JSON batch, or NDJSON) sorted into accepted and refused readings;
-    raises MalformedBatch when it is not a batch of readings at all."""
+    """A raw body (a JSON batch, NDJSON, or a frame) sorted into accepted and refused
+    readings; raises MalformedBatch when it is not a batch of readings at all."""
+    if frame:
+        return sort_frame(body, max_items=max_items, only_device=only_device, not_after=not_after)
     records = read_records(body, ndjson=ndjson, max_items=max_items)
     if records is not None:
         result = sort_items(records, checked=True, only_device=only_device, not_after=not_after)
@@ -214,6 +220,124 @@ def sort_body(
         # read the body item by item (refusals past validation are rare).
     items = (parse_ndjson if ndjson else parse_body)(body, max_items=max_items)
     return sort_items(items, only_device=only_device, not_after=not_after)
+
+
+# A body in the readings topic's own form: a gateway's many readings column by column.
+FRAME_TYPE = "application/vnd.city-vitals.frame+json"
+
+
+def sort_frame(
+    body: bytes,
+    *,
+    max_items: int,
+    only_device: str | None = None,
+    not_after: datetime | None = None,
+) -> Sorted:
+    """A frame body (``ReadingFrame``) sorted like a batch, reading ``i`` its item ``i``: in
+    one pass when every reading passes (checked in bulk by pydantic-core), otherwise reading by
+    reading, so each refusal says which and why."""
+    try:
+        checked: ReadingFrame | None = read_frame(body)
+    except (ValidationError, FrameError):
+        checked = None
+    if checked is not None and len(checked["ts"]) <= max_items:
+        result = _sort_frame(checked, only_device, not_after)
+        if result is not None:
+            return result
+    return sort_items(frame_items(body, max_items), only_device=only_device, not_after=not_after)
+
+
+def _sort_frame(
+    frame: ReadingFrame, only_device: str | None, not_after: datetime | None
+) -> Sorted | None:
+    """A checked frame's readings, all accepted; None if any must be refused."""
+    devices, metrics, unit_of, stamps, values = (
+        frame["device_id"], frame["metric"], frame["unit"], frame["ts"], frame["value"],
+    )  # fmt: skip
+    if only_device is not None and any(d != only_device for d in devices):
+        return None
+    if not_after is not None and max(stamps) > micros(not_after):
+        return None
+    canonical = units.CANONICAL
+    for i, (metric, unit) in enumerate(zip(metrics, unit_of, strict=True)):
+        if canonical.get(metric, unit) != unit:
+            try:
+                unit_of[i], values[i] = units.normalise(metric, unit, values[i])
+            except units.UnitError:
+                return None
+    places = frame["places"]
+    where = [None if p is None else places[p] for p in frame["place"]]
+    ids = frame.get("reading_id")
+    out = Sorted()
+    if ids is None:
+        out.accepted = [
+            _accepted(((d, m, t), d, m, u, t, v, w, None, i))
+            for i, (d, m, u, t, v, w) in enumerate(
+                zip(devices, metrics, unit_of, stamps, values, where, strict=True)
+            )
+        ]
+        return out
+    for i, (d, m, u, t, v, w, given) in enumerate(
+        zip(devices, metrics, unit_of, stamps, values, where, ids, strict=True)
+    ):
+        rid = None if given is None else str(given)
+        out.accepted.append(
+            _accepted(((d, m, t) if rid is None else rid, d, m, u, t, v, w, rid, i))
+        )
+    return out
+
+
+def frame_items(body: bytes, max_items: int) -> list[Any]:
+    """A frame body's readings as items of a batch (times as RFC 3339 text, places inlined),
+    for a frame with a bad reading; raises MalformedBatch when the body is no frame at all."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedBatch(f"body is not valid JSON: {exc}") from exc
+    columns = ("device_id", "metric", "unit", "ts", "value")
+    if not isinstance(document, dict) or not all(
+        isinstance(document.get(c), list) for c in columns
+    ):
+        raise MalformedBatch(
+            "expected a frame: an object with the arrays " + ", ".join(columns) + " (and place, "
+            "places, reading_id as it needs)"
+        )
+    n = len(document["ts"])
+    optional = {c: document.get(c) for c in ("place", "reading_id")}
+    if any(len(document[c]) != n for c in columns) or any(
+        v is not None and (not isinstance(v, list) or len(v) != n) for v in optional.values()
+    ):
+        raise MalformedBatch(f"the frame's columns do not all hold {n} readings")
+    extra = set(document) - {*columns, "place", "places", "reading_id"}
+    if extra:
+        raise MalformedBatch(f"unknown frame fields: {', '.join(sorted(extra))}")
+    places = document.get("places") or []
+    items = []
+    for i in range(n):
+        item: dict[str, Any] = {c: document[c][i] for c in ("device_id", "metric", "unit", "value")}
+        us = document["ts"][i]
+        item["ts"] = (
+            from_micros(us).isoformat()
+            if type(us) is int and _MIN_US <= us <= _MAX_US
+            else us  # refused as it is
+        )
+        place = (optional["place"] or [None] * n)[i]
+        if place is not None:
+            item["location"] = (
+                places[place]
+                if type(place) is int and 0 <= place < len(places)
+                else {"place": place}  # refused: no such place
+            )
+        if optional["reading_id"] is not None and optional["reading_id"][i] is not None:
+            item["reading_id"] = optional["reading_id"][i]
+        items.append(item)
+    return _bounded(items, max_items)
+
+
+_MIN_US, _MAX_US = (
+    micros(datetime.min.replace(tzinfo=UTC)),
+    micros(datetime.max.replace(tzinfo=UTC)),
+)
 
 
 def _check(index: int, item: Any) -> ReadingRecord | Rejection:

@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import orjson
 
+from ingest.batch import FRAME_TYPE
 from ingest.city.model import City
 from ingest.city.scenarios import Running, ScenarioName, ticket_surge
 from ingest.city.tickets import draw_calls
@@ -68,14 +69,17 @@ class Counts:
 
 
 async def _post(
-    client: httpx.AsyncClient, path: str, body: bytes, counts: Counts, stop: asyncio.Event
+    client: httpx.AsyncClient,
+    path: str,
+    body: bytes,
+    counts: Counts,
+    stop: asyncio.Event,
+    kind: str = "application/json",
 ) -> None:
     """Post one batch, retrying after 503 or a lost connection as a well-behaved gateway."""
     while not stop.is_set():
         try:
-            response = await client.post(
-                path, content=body, headers={"content-type": "application/json"}
-            )
+            response = await client.post(path, content=body, headers={"content-type": kind})
         except httpx.TransportError as exc:
             log.warning("ingest unreachable (%s); retrying", exc)
             await asyncio.sleep(1.0)
@@ -126,15 +130,18 @@ async def run(
     tickets: bool = True,
     concurrency: int = 4,
     interval: float = 1.0,
+    frames: bool = True,
 ) -> Counts:
     """Feed ingest at about ``rate`` readings per second until stopped, posting every
-    ``interval`` seconds (at most 1) what the devices measured since the last post."""
+    ``interval`` seconds (at most 1) what the devices measured since the last post: as frames
+    (column by column, as a gateway of many devices would) or JSON arrays of readings."""
     interval = min(max(interval, 0.01), 1.0)
     city = City(seed)
     rng = np.random.default_rng(seed)
     counts = Counts()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     limits = httpx.Limits(max_connections=concurrency + 2)
+    kind = FRAME_TYPE if frames else "application/json"
     async with httpx.AsyncClient(
         base_url=ingest_url, timeout=30.0, headers=headers, limits=limits
     ) as client:
@@ -147,9 +154,11 @@ async def run(
             carry += rate * (tick - last)
             count, carry = int(carry), carry - int(carry)
             elapsed, last = tick - last, tick
+            make = city.frame if frames else city.body
             batches = [
-                city.body(tick, min(MAX_BATCH, count - start), running, span=elapsed)
+                body
                 for start in range(0, count, MAX_BATCH)
+                if (body := make(tick, min(MAX_BATCH, count - start), running, span=elapsed))
             ]
             if tickets:
                 surge = (
@@ -164,7 +173,7 @@ async def run(
                     call.add_done_callback(calls.discard)
             built = time.time()
             await _bounded(
-                [_post(client, "/api/v1/readings", b, counts, stop) for b in batches],
+                [_post(client, "/api/v1/readings", b, counts, stop, kind) for b in batches],
                 concurrency,
             )
             counts.ticks.append((built - tick, time.time() - built))

@@ -79,6 +79,7 @@ class Sorter:
         max_items: int,
         only_device: str | None,
         not_after: datetime | None,
+        frame: bool = False,
     ) -> Sorted:
         """``sort_body`` of the body (raises MalformedBatch as it does)."""
         work = partial(
@@ -86,6 +87,7 @@ class Sorter:
             body,
             ndjson=ndjson,
             max_items=max_items,
+            frame=frame,
             only_device=only_device,
             not_after=not_after,
         )

@@ -204,6 +204,12 @@ def migrate_command(ctx: click.Context, revision: str) -> None:
     show_default=True,
     help="Seconds between posts; each posts what the devices measured since the last.",
 )
+@click.option(
+    "--frames/--objects",
+    default=True,
+    show_default=True,
+    help="Post frames (readings column by column) or JSON arrays of reading objects.",
+)
 @click.pass_context
 def simulate(
     ctx: click.Context,
@@ -215,6 +221,7 @@ def simulate(
     tickets: bool,
     concurrency: int,
     interval: float,
+    frames: bool,
 ) -> None:
     """Feed the ingest service with the simulated city (readings and 12345 calls)."""
     from ingest import simulator
@@ -237,6 +244,7 @@ def simulate(
             tickets=tickets,
             concurrency=concurrency,
             interval=interval,
+            frames=frames,
         )
     )
 

@@ -101,6 +101,15 @@ class City:
             + b',"value":'
             for d in devices
         ]
+        # The same, column by column, for frames: each device's id and place.
+        self._ids = [d.device_id for d in devices]
+        self._metric = [d.metric for d in devices]
+        self._unit = [d.unit for d in devices]
+        self._place = [
+            {"lon": d.grid.lon, "lat": d.grid.lat, "grid": d.grid.code,
+             "street": d.grid.street.code, "district": d.grid.street.district}
+            for d in devices
+        ]  # fmt: skip
         self.cursor = 0
 
     def values(
@@ -127,6 +136,46 @@ class City:
         self.cursor = int((self.cursor + count) % len(self.devices))
         return idx
 
+    def _readings(
+        self, now: float, count: int, running: scenarios.Running | None, span: float
+    ) -> tuple[Ints, Floats, Floats]:
+        """The next ``count`` devices' readings spread over the ``span`` seconds before ``now``
+        (at most one second): devices, instants (epoch s) and values."""
+        idx = self.next_devices(count)
+        offsets = (np.arange(count, dtype=np.float64) - count) / max(count, 1)
+        t = now + offsets * min(max(span, 0.0), 1.0)
+        if running is not None:
+            keep = ~scenarios.silenced(running, self.targets, idx)
+            idx, t = idx[keep], t[keep]
+        return idx, t, self.values(idx, t, running)
+
+    def frame(
+        self,
+        now: float,
+        count: int,
+        running: scenarios.Running | None = None,
+        *,
+        span: float = 1.0,
+    ) -> bytes:
+        """The readings ``body`` makes, as a frame (``schemas.readings.ReadingFrame``): what
+        a gateway posts column by column."""
+        idx, t, values = self._readings(now, count, running, span)
+        if not len(idx):
+            return b""
+        second = int(now) - 1
+        millis = np.clip(((t - second) * 1000).astype(np.int64), 0, 1999)
+        devices, place = np.unique(idx, return_inverse=True)
+        frame = {
+            "device_id": [self._ids[i] for i in idx.tolist()],
+            "metric": [self._metric[i] for i in idx.tolist()],
+            "unit": [self._unit[i] for i in idx.tolist()],
+            "ts": ((second * 1000 + millis) * 1000).tolist(),
+            "value": np.round(values, 2).tolist(),
+            "place": place.tolist(),
+            "places": [self._place[i] for i in devices.tolist()],
+        }
+        return orjson.dumps(frame)
+
     def body(
         self,
         now: float,
@@ -137,13 +186,7 @@ class City:
     ) -> bytes:
         """A JSON array of ``count`` readings spread over the ``span`` seconds before ``now``
         (at most one second)."""
-        idx = self.next_devices(count)
-        offsets = (np.arange(count, dtype=np.float64) - count) / max(count, 1)
-        t = now + offsets * min(max(span, 0.0), 1.0)
-        if running is not None:
-            keep = ~scenarios.silenced(running, self.targets, idx)
-            idx, t = idx[keep], t[keep]
-        values = self.values(idx, t, running)
+        idx, t, values = self._readings(now, count, running, span)
         second = int(now) - 1
         # The second before now's and now's, written once each: readings in the current second
         # (millis from 1000) take the second; writing it per reading was a third of what the

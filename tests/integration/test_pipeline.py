@@ -422,6 +422,39 @@ def test_ndjson_bodies_are_accepted_line_by_line(stack: Stack, client: httpx.Cli
     assert "not valid JSON" in answer["rejected"][0]["reason"]
 
 
+def test_a_gateway_s_frame_is_taken_column_by_column(stack: Stack, client: httpx.Client) -> None:
+    """A frame (readings column by column, as the readings topic carries them): its readings
+    are stored and judged like any others, a retried frame is recognised, and a bad reading
+    is refused by its position."""
+    device = f"wl-{uuid.uuid4().hex[:6]}"
+    at = ahead(5)
+    stamps = [at, at + timedelta(seconds=1), at + timedelta(minutes=2)]  # the last one closes
+    frame = {
+        "device_id": [device] * 4,
+        "metric": ["waterlogging_depth"] * 4,
+        "unit": ["cm", "mm", "cm", "cm"],
+        "ts": [int(t.timestamp() * 1_000_000) for t in stamps] + [0],
+        "value": [3.0, 350, 35.0, 1e308 * 10],  # orjson writes infinity as null: refused
+        "place": [0, 0, 0, 0],
+        "places": [{"district": "tianhe", "street": "linhe"}],
+    }
+    url = f"{stack.ingest_url}/api/v1/readings"
+    headers = {"content-type": "application/vnd.city-vitals.frame+json"}
+    response = client.post(url, content=orjson.dumps(frame), headers=headers)
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    assert answer["accepted"] == 3
+    assert [(r["index"], r["reason"].split(":")[0]) for r in answer["rejected"]] == [(3, "value")]
+    again = client.post(url, content=orjson.dumps(frame), headers=headers).json()
+    assert (again["accepted"], again["duplicates"]) == (0, 3)
+
+    [alert] = eventually(lambda: firing_alerts(client, stack, device))
+    assert alert["level"] == "orange"  # 350 mm is 35 cm
+    query = "SELECT value, unit, district FROM readings WHERE device_id = %s"
+    rows = eventually(lambda: sorted(stack.query(query, device)) or None)
+    assert rows == [(3.0, "cm", "tianhe"), (35.0, "cm", "tianhe"), (35.0, "cm", "tianhe")]
+
+
 def test_dead_letters_are_stored_listed_and_replayed(stack: Stack) -> None:
     """A gateway whose key is bound to the wrong device has its readings refused; once the
     cause is understood an administrator replays them and they are stored."""

@@ -238,3 +238,72 @@ def test_the_registry_refuses_by_the_item_s_place_in_the_batch_and_fills_in_plac
     [kept] = result.accepted
     assert kept.position == 2
     assert kept.record["location"] == {"grid": "g1", "district": "yuexiu"}
+
+
+def test_a_frame_body_is_sorted_as_the_same_readings_in_a_json_body() -> None:
+    """A gateway's frame (the readings topic's own form) and the JSON array of the same
+    readings give the same accepted readings."""
+    frame, body = City(seed=3).frame(1_782_000_000.5, 300), City(seed=3).body(1_782_000_000.5, 300)
+    from_frame = sort_body(frame, ndjson=False, frame=True, max_items=500)
+    from_body = sort_body(body, ndjson=False, max_items=500)
+    assert not from_frame.rejected
+    assert [a.record for a in from_frame.accepted] == [a.record for a in from_body.accepted]
+    assert [a.ident for a in from_frame.accepted] == [a.ident for a in from_body.accepted]
+
+
+def _frame(**changes: object) -> bytes:
+    frame: dict[str, object] = {
+        "device_id": ["d", "e", "f"],
+        "metric": ["waterlogging_depth"] * 3,
+        "unit": ["cm", "mm", "cm"],
+        "ts": [1_782_000_000_000_000, 1_782_000_001_000_000, 1_782_000_002_000_000],
+        "value": [1.0, 315, 2.5],
+        "place": [0, None, 0],
+        "places": [{"district": "yuexiu"}],
+    }
+    return orjson.dumps({**frame, **changes})
+
+
+def test_a_frame_s_readings_are_normalised_and_refused_by_their_position() -> None:
+    result = sort_body(_frame(), ndjson=False, frame=True, max_items=10)
+    assert [(a.device_id, a.unit, a.value) for a in result.accepted] == [
+        ("d", "cm", 1.0), ("e", "cm", 31.5), ("f", "cm", 2.5),
+    ]  # fmt: skip
+    assert result.accepted[0].location == {"district": "yuexiu"}
+    assert result.accepted[1].location is None
+
+    bad = _frame(device_id=["d", "has space", "f"], ts=[1_782_000_000_000_000, 0, "now"])
+    result = sort_body(bad, ndjson=False, frame=True, max_items=10)
+    assert [a.device_id for a in result.accepted] == ["d"]
+    assert [(r.index, r.reason.split(":")[0]) for r in result.rejected] == [
+        (1, "device_id"),
+        (2, "ts"),
+    ]
+    result = sort_body(_frame(place=[0, 7, 0]), ndjson=False, frame=True, max_items=10)
+    assert [(r.index, r.reason.split(":")[0]) for r in result.rejected] == [(1, "location.place")]
+
+    mine = sort_body(_frame(), ndjson=False, frame=True, max_items=10, only_device="e")
+    assert [a.device_id for a in mine.accepted] == ["e"]
+    assert [r.index for r in mine.rejected] == [0, 2]
+    ahead = sort_body(
+        _frame(), ndjson=False, frame=True, max_items=10,
+        not_after=datetime.fromtimestamp(1_782_000_001, UTC),
+    )  # fmt: skip
+    assert [r.index for r in ahead.rejected] == [2]
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"[]", "expected a frame"),
+        (b'{"device_id": ["d"]}', "expected a frame"),
+        (_frame(value=[1.0]), "do not all hold 3 readings"),
+        (_frame(extra=1), "unknown frame fields: extra"),
+        (b"{", "not valid JSON"),
+    ],
+)
+def test_a_body_that_is_no_frame_is_refused_whole(body: bytes, words: str) -> None:
+    with pytest.raises(MalformedBatch, match=words):
+        sort_body(body, ndjson=False, frame=True, max_items=10)
+    with pytest.raises(MalformedBatch, match="exceeds the limit"):
+        sort_body(_frame(), ndjson=False, frame=True, max_items=2)
