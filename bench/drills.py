@@ -319,7 +319,7 @@ def stored_readings(db_url: str) -> tuple[int, int]:
 def poison(args: argparse.Namespace) -> bool:
     misaligned = (  # a frame whose columns do not line up
         b'{"device_id":["a"],"metric":["aqi"],"unit":["AQI"],"ts":[0,1],"value":[1.0],'
-        b'"place":[null],"places":[]}'
+        b'"place":[null],"places":{}}'
     )
     junk = [b"", b"\x00\xff not json", b"[]", b'{"device_id": 1}', b"{" * 10_000, b"null",
             misaligned]  # fmt: skip

@@ -42,8 +42,9 @@ from services.kafka import ensure_topics, make_producer
 from services.local.broker import LocalBroker
 from services.local.postgres import LocalPostgres
 from services.local.processes import free_port, stop_process, wait_for_port
+from services.storage.frames import frame_rows, register_dumpers
 from services.storage.scheduled import maintain
-from services.storage.writer import READING_COLUMNS, READING_TYPES, WriterHandler, frame_rows
+from services.storage.writer import READING_COLUMNS, READING_TYPES, WriterHandler
 
 DISTRICTS = ["yuexiu", "liwan", "haizhu", "tianhe", "baiyun", "huangpu", "panyu", "huadu",
              "nansha", "conghua", "zengcheng"]  # fmt: skip
@@ -68,6 +69,7 @@ def raw_copy(url: str, rows: list[tuple[object, ...]]) -> tuple[float, float]:
     spent a row (microseconds, user and system)."""
     columns = ", ".join(READING_COLUMNS)
     with psycopg.connect(url) as conn, conn.cursor() as cur:
+        register_dumpers(conn.adapters)  # the rows are frame_rows', as the writer copies them
         backend = psutil.Process(conn.info.backend_pid)
         cpu = sum(backend.cpu_times()[:2])
         began = time.perf_counter()

@@ -26,6 +26,7 @@ from schemas.readings import (
     encode_frame,
     from_micros,
     micros,
+    place_list,
     read_frame,
 )
 
@@ -265,7 +266,7 @@ def _sort_frame(
                 unit_of[i], values[i] = units.normalise(metric, unit, values[i])
             except units.UnitError:
                 return None
-    places = frame["places"]
+    places = place_list(frame)
     where = [None if p is None else places[p] for p in frame["place"]]
     ids = frame.get("reading_id")
     out = Sorted()
@@ -311,7 +312,15 @@ def frame_items(body: bytes, max_items: int) -> list[Any]:
     extra = set(document) - {*columns, "place", "places", "reading_id"}
     if extra:
         raise MalformedBatch(f"unknown frame fields: {', '.join(sorted(extra))}")
-    places = document.get("places") or []
+    columns_of_places = document.get("places")
+    if not isinstance(columns_of_places, dict) or not all(
+        isinstance(c, list) for c in columns_of_places.values()
+    ):
+        columns_of_places = {}
+    places = [
+        {k: v for k, v in zip(columns_of_places, values, strict=False) if v is not None}
+        for values in zip(*columns_of_places.values(), strict=False)
+    ]
     items = []
     for i in range(n):
         item: dict[str, Any] = {c: document[c][i] for c in ("device_id", "metric", "unit", "value")}

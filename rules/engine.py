@@ -44,7 +44,7 @@ from rules.windows import (
 from schemas.alerts import AlertTransition, ScopeLevel
 from schemas.base import describe_errors
 from schemas.indicator_values import IndicatorValue
-from schemas.readings import read_frame
+from schemas.readings import place_list, read_frame
 from schemas.rollup import ROLLUP_RECORD, SourceMark, WindowPartial
 from schemas.tickets import HotlineTicket
 
@@ -439,7 +439,7 @@ class SourceTask:
                     stamps[pos] = decode_tick(raw)
                 elif sensor:
                     frame = read_frame(raw)
-                    places = frame["places"]
+                    places = place_list(frame)
                     ms = [us // 1000 for us in frame["ts"]]
                     for device, metric, ts, value, place in zip(
                         frame["device_id"], frame["metric"], ms, frame["value"], frame["place"],

@@ -69,6 +69,12 @@ def uuid5_hex(namespace: bytes, name: str) -> str:
     return f"{_uuid5_int(namespace, name.encode()):032x}"
 
 
+def uuid5_bytes(namespace: bytes, name: bytes) -> bytes:
+    """``uuid.uuid5(UUID(bytes=namespace), name).bytes``, for the writer's COPY: a UUID
+    object costs as much again as the hash."""
+    return _uuid5_int(namespace, name).to_bytes(16)
+
+
 def uuid5_of(namespace: bytes, name: bytes) -> uuid.UUID:
     """``uuid.uuid5(UUID(bytes=namespace), name)`` from the digest's integer: uuid5's own
     byte handling costs as much as the hash."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, NotRequired
+from functools import lru_cache
+from typing import Annotated, Any, NotRequired, cast
 
 import orjson
 from pydantic import (
@@ -23,7 +24,10 @@ from pydantic import (
 )
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
-from schemas.base import LINE_PATTERN, Code, Contract, Number, UtcDatetime, uuid5_of
+from schemas.base import LINE_PATTERN, Code, Contract, Number, UtcDatetime, uuid5_bytes, uuid5_of
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
 
 # A fixed namespace makes a reading id derived from its content reproducible everywhere.
 _READING_NS = uuid.UUID("6f1d4c1e-2b8a-4b57-9a57-6e0d0c8f3a11")
@@ -35,12 +39,19 @@ def derive_reading_id(device_id: str, metric: str, ts_iso: str) -> uuid.UUID:
     return uuid5_of(_READING_NS_BYTES, f"{device_id}|{metric}|{ts_iso}".encode())
 
 
-def reading_id_at(device_id: str, metric: str, ts: datetime) -> uuid.UUID:
-    """``derive_reading_id`` of a UTC instant, for the writer, which derives one a reading.
-    orjson writes a UTC datetime exactly as ``isoformat`` does (tests/unit/test_schemas.py
-    holds it to that), seven times cheaper."""
-    name = b"%s|%s|%s" % (device_id.encode(), metric.encode(), orjson.dumps(ts)[1:-1])
-    return uuid5_of(_READING_NS_BYTES, name)
+def reading_id_bytes(device_id: str, metric: str, us: int) -> bytes:
+    """``derive_reading_id(...).bytes`` of an instant in microseconds since 1970 (UTC), for
+    the writer, which derives one a reading: the instant written as ``isoformat`` writes it,
+    from a text per second rather than a datetime per reading."""
+    second, fraction = divmod(us, 1_000_000)
+    stamp = _second_text(second) + (b".%06d+00:00" % fraction if fraction else b"+00:00")
+    name = b"%s|%s|%s" % (device_id.encode(), metric.encode(), stamp)
+    return uuid5_bytes(_READING_NS_BYTES, name)
+
+
+@lru_cache(maxsize=4096)
+def _second_text(second: int) -> bytes:
+    return (EPOCH + timedelta(seconds=second)).isoformat()[:-6].encode()  # less "+00:00"
 
 
 Unit = Annotated[str, Field(min_length=1, max_length=16, pattern=LINE_PATTERN)]
@@ -124,8 +135,6 @@ READING_RECORDS: TypeAdapter[list[ReadingRecord]] = TypeAdapter(list[ReadingReco
 
 # The readings topic's record: a frame of readings, column by column.
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MICROSECOND = timedelta(microseconds=1)
 # Readings in one frame at most (ingest sends at most FRAME_READINGS): a bound on a record.
 MAX_FRAME = 100_000
 FRAME_READINGS = 2_000
@@ -142,14 +151,30 @@ def from_micros(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
 
 
+@with_config(ConfigDict(extra="forbid", str_strip_whitespace=True, title="Places"))
+class Places(TypedDict, total=False):
+    """A frame's distinct locations, column by column: place ``j`` is ``lon[j]``,
+    ``lat[j]``, ``grid[j]``, ``street[j]``, ``district[j]``; a column left out is null for
+    every place. Checked column by column, a place costs a third of a location object."""
+
+    lon: list[Annotated[Number, Field(ge=-180, le=180)] | None]
+    lat: list[Annotated[Number, Field(ge=-90, le=90)] | None]
+    grid: list[Code | None]
+    street: list[Code | None]
+    district: list[Code | None]
+
+
+PLACE_KEYS = ("lon", "lat", "grid", "street", "district")
+
+
 @with_config(ConfigDict(extra="forbid", str_strip_whitespace=True, title="ReadingFrame"))
 class ReadingFrame(TypedDict):
     """Readings on the readings topic, column by column: the i-th reading is ``device_id[i]``,
-    ``metric[i]``, ``value[i]`` ``unit[i]`` at ``ts[i]``, standing at ``places[place[i]]``
-    (nowhere known when null). Every column has one item a reading. Units are canonical and
-    readings are in the partition of their device (ingest sees to both); ``reading_id`` is
-    there when a client chose ids (null for the others, whose id is derived from device,
-    metric and time as ``SensorReading`` derives it)."""
+    ``metric[i]``, ``value[i]`` ``unit[i]`` at ``ts[i]``, standing at place ``place[i]`` of
+    ``places`` (nowhere known when null). Every column has one item a reading. Units are
+    canonical and readings are in the partition of their device (ingest sees to both);
+    ``reading_id`` is there when a client chose ids (null for the others, whose id is derived
+    from device, metric and time as ``SensorReading`` derives it)."""
 
     device_id: Annotated[list[Code], Field(min_length=1, max_length=MAX_FRAME)]
     metric: Annotated[list[Code], Field(min_length=1, max_length=MAX_FRAME)]
@@ -160,7 +185,7 @@ class ReadingFrame(TypedDict):
     ]
     value: Annotated[list[Number], Field(min_length=1, max_length=MAX_FRAME)]
     place: Annotated[list[Annotated[int, Field(strict=True, ge=0)] | None], Field(min_length=1)]
-    places: list[LocationRecord]
+    places: Places
     reading_id: NotRequired[list[uuid.UUID | None]]
 
 
@@ -183,16 +208,32 @@ def read_frame(raw: bytes) -> ReadingFrame:
     ids = frame.get("reading_id")
     if ids is not None and len(ids) != n:
         raise FrameError(f"reading_id: {len(ids)} items for {n} readings")
-    if frame["places"] or any(p is not None for p in frame["place"]):
-        top = max((p for p in frame["place"] if p is not None), default=-1)
-        if top >= len(frame["places"]):
-            raise FrameError(f"place: {top} is past the {len(frame['places'])} places")
+    sizes = {len(column) for column in frame["places"].values()}  # type: ignore[arg-type]
+    if len(sizes) > 1:
+        raise FrameError(f"places: columns of {' and '.join(map(str, sorted(sizes)))} places")
+    count = sizes.pop() if sizes else 0
+    top = max((p for p in frame["place"] if p is not None), default=-1)
+    if top >= count:
+        raise FrameError(f"place: {top} is past the {count} places")
     return frame
+
+
+def place_list(frame: ReadingFrame) -> list[LocationRecord]:
+    """A checked frame's places as location records (the fields it states)."""
+    places = frame["places"]
+    keys = [k for k in PLACE_KEYS if k in places]
+    if not keys:
+        return []
+    columns = [places[k] for k in keys]  # type: ignore[literal-required]
+    return [
+        cast(LocationRecord, {k: v for k, v in zip(keys, values, strict=True) if v is not None})
+        for values in zip(*columns, strict=True)
+    ]
 
 
 def frame_readings(frame: ReadingFrame) -> list[dict[str, Any]]:
     """A frame's readings as ``SensorReading`` objects' plain data (time as RFC 3339 text)."""
-    places, ids = frame["places"], frame.get("reading_id")
+    places, ids = place_list(frame), frame.get("reading_id")
     out = []
     for i, (device, metric, unit, us, value, place) in enumerate(
         zip(*(frame[c] for c in _COLUMNS), strict=True)  # type: ignore[literal-required]
@@ -223,6 +264,7 @@ def encode_frame(
 ) -> bytes:
     """A frame's record from its readings' columns (locations given per reading, written once
     each)."""
+    seen: dict[int, int] = {}  # id of a location object -> its place (objects are shared)
     index: dict[tuple[Any, ...], int] = {}
     places: list[LocationRecord] = []
     place: list[int | None] = []
@@ -230,12 +272,16 @@ def encode_frame(
         if not where:
             place.append(None)
             continue
-        key = tuple(where.items())
-        at = index.get(key)
+        at = seen.get(id(where))
         if at is None:
-            at = index[key] = len(places)
-            places.append(where)
+            key = tuple(where.get(k) for k in PLACE_KEYS)
+            at = index.get(key)
+            if at is None:
+                at = index[key] = len(places)
+                places.append(where)
+            seen[id(where)] = at
         place.append(at)
+    keys = [k for k in PLACE_KEYS if any(p.get(k) is not None for p in places)]
     frame: dict[str, Any] = {
         "device_id": device_id,
         "metric": metric,
@@ -243,7 +289,7 @@ def encode_frame(
         "ts": ts,
         "value": value,
         "place": place,
-        "places": places,
+        "places": {k: [p.get(k) for p in places] for k in keys},
     }
     if reading_id is not None and any(r is not None for r in reading_id):
         frame["reading_id"] = reading_id

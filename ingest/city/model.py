@@ -18,6 +18,7 @@ import orjson
 
 from ingest.city import geography, scenarios
 from ingest.city.geography import Grid
+from schemas.readings import PLACE_KEYS
 
 # metric, unit, device type, per grid (0: one per street), base, daily amplitude, peak hour,
 # rush-hour dip, noise, lowest, highest
@@ -172,7 +173,7 @@ class City:
             "ts": ((second * 1000 + millis) * 1000).tolist(),
             "value": np.round(values, 2).tolist(),
             "place": place.tolist(),
-            "places": [self._place[i] for i in devices.tolist()],
+            "places": {key: [self._place[i][key] for i in devices.tolist()] for key in PLACE_KEYS},
         }
         return orjson.dumps(frame)
 

@@ -22,10 +22,9 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
@@ -38,7 +37,7 @@ from schemas.alerts import AlertTransition
 from schemas.base import describe_errors
 from schemas.deadletter import DeadLetter
 from schemas.indicator_values import IndicatorValue
-from schemas.readings import EPOCH, FrameError, ReadingFrame, read_frame, reading_id_at
+from schemas.readings import FrameError, read_frame
 from schemas.tickets import HotlineTicket
 from services.config import Settings
 from services.kafka import (
@@ -52,6 +51,7 @@ from services.kafka import (
     run_consumer,
     wait_for_broker,
 )
+from services.storage.frames import frame_rows, minutes_of, register_dumpers
 from services.storage.layout import Layout, current
 from services.storage.scheduled import MARK_CHANGED, maintain, prepare, until_round
 
@@ -296,37 +296,6 @@ WHERE consumer_offsets.next_offset = %(expected)s::bigint AND %(expected)s::bigi
 """
 
 
-def frame_rows(frame: ReadingFrame, ingested_at: datetime) -> list[tuple[object, ...]]:
-    """A frame's readings (checked by ``read_frame``) as rows in ``READING_COLUMNS`` order."""
-    places = [
-        (p.get("grid"), p.get("street"), p.get("district"), p.get("lon"), p.get("lat"))
-        for p in frame["places"]
-    ]
-    ids: list[uuid.UUID | None] = frame.get("reading_id") or [None] * len(frame["ts"])
-    rows: list[tuple[object, ...]] = []
-    for device, metric, unit, us, value, place, given in zip(
-        frame["device_id"], frame["metric"], frame["unit"], frame["ts"], frame["value"],
-        frame["place"], ids, strict=True,
-    ):  # fmt: skip
-        ts = EPOCH + timedelta(microseconds=us)
-        reading_id = reading_id_at(device, metric, ts) if given is None else given
-        grid, street, district, lon, lat = _NOWHERE if place is None else places[place]
-        rows.append(
-            (ts, reading_id, device, metric, value, unit, grid, street, district, lon, lat,
-             ingested_at)
-        )  # fmt: skip
-    return rows
-
-
-_NOWHERE = (None, None, None, None, None)
-
-
-def minutes_of(rows: list[tuple[object, ...]]) -> list[datetime]:
-    """The minute buckets (UTC) of reading rows in ``READING_COLUMNS`` order."""
-    minutes = {int(cast(datetime, row[0]).timestamp() // 60) for row in rows}
-    return [datetime.fromtimestamp(m * 60, UTC) for m in sorted(minutes)]
-
-
 def transitions_json(transitions: list[AlertTransition]) -> str:
     """Transitions as the JSON array ``STORE_TRANSITIONS`` reads: their fields are its
     columns, and orjson writes the ids, instants and levels as the contract does. A model's
@@ -460,6 +429,7 @@ class WriterHandler:
                 self.conn = await psycopg.AsyncConnection.connect(
                     url, autocommit=True, connect_timeout=5
                 )
+                register_dumpers(self.conn.adapters)
                 log.info("connected to PostgreSQL")
                 if self.nice_backend:
                     await nice_backend(self.conn)

@@ -17,7 +17,7 @@ from services.config import StorageSettings
 from services.local.postgres import LocalPostgres
 from services.local.processes import free_port
 from services.storage.scheduled import MARK_CHANGED, apply_retention, maintain, prepare
-from services.storage.writer import READING_COLUMNS, minutes_of
+from services.storage.writer import READING_COLUMNS
 from tests.integration.conftest import eventually, fresh_database, serving, stack_env
 
 pytestmark = pytest.mark.integration
@@ -120,7 +120,8 @@ def load(url: str, data: list[tuple[object, ...]]) -> None:
         with cur.copy(f"COPY readings ({columns}) FROM STDIN") as copy:
             for row in data:
                 copy.write_row(row)
-        cur.execute(MARK_CHANGED, (minutes_of(data),))
+        minutes = {cast(datetime, row[0]).replace(second=0, microsecond=0) for row in data}
+        cur.execute(MARK_CHANGED, (sorted(minutes),))
 
 
 def run_maintenance(url: str, now: datetime, storage: StorageSettings | None = None) -> None:

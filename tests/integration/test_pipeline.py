@@ -281,7 +281,7 @@ def test_poison_records_are_dead_lettered_and_the_pipeline_goes_on(
     # Not JSON; a reading where a frame belongs; a frame whose columns do not line up.
     misaligned = {
         "device_id": [marker], "metric": ["aqi"], "unit": ["AQI"], "ts": [0, 1], "value": [1.0],
-        "place": [None], "places": [],
+        "place": [None], "places": {},
     }  # fmt: skip
     poison = [
         f"not json {marker}".encode(),
@@ -436,7 +436,7 @@ def test_a_gateway_s_frame_is_taken_column_by_column(stack: Stack, client: httpx
         "ts": [int(t.timestamp() * 1_000_000) for t in stamps] + [0],
         "value": [3.0, 350, 35.0, 1e308 * 10],  # orjson writes infinity as null: refused
         "place": [0, 0, 0, 0],
-        "places": [{"district": "tianhe", "street": "linhe"}],
+        "places": {"district": ["tianhe"], "street": ["linhe"]},
     }
     url = f"{stack.ingest_url}/api/v1/readings"
     headers = {"content-type": "application/vnd.city-vitals.frame+json"}

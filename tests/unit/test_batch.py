@@ -95,7 +95,7 @@ def test_frames_carry_client_ids_and_places_once_and_split_at_their_size() -> No
     assert accepted[3].ident == accepted[3].reading_id == chosen
     assert accepted[0].ident == ("d", "aqi", accepted[0].ts)  # a retry repeats the reading
     first, second = frames(accepted, size=3)
-    assert orjson.loads(first)["places"] == [place]
+    assert orjson.loads(first)["places"] == {"grid": ["g1"], "district": ["yuexiu"]}
     assert orjson.loads(first)["place"] == [0, 0, 0]
     assert "reading_id" not in orjson.loads(first)
     again = frame_readings(read_frame(first)) + frame_readings(read_frame(second))
@@ -259,7 +259,7 @@ def _frame(**changes: object) -> bytes:
         "ts": [1_782_000_000_000_000, 1_782_000_001_000_000, 1_782_000_002_000_000],
         "value": [1.0, 315, 2.5],
         "place": [0, None, 0],
-        "places": [{"district": "yuexiu"}],
+        "places": {"district": ["yuexiu"]},
     }
     return orjson.dumps({**frame, **changes})
 

@@ -208,7 +208,7 @@ _GOOD = {
 def test_the_fast_reading_record_agrees_with_the_contract(changes: dict[str, object]) -> None:
     """READING_RECORD (the writer's fast path) accepts exactly what SensorReading accepts and
     yields the same values, including the derived reading id."""
-    from schemas.readings import READING_RECORD, reading_id_at
+    from schemas.readings import READING_RECORD, derive_reading_id
 
     raw = orjson.dumps({**_GOOD, **changes})
     try:
@@ -224,7 +224,7 @@ def test_the_fast_reading_record_agrees_with_the_contract(changes: dict[str, obj
         return
     given = record.get("reading_id")
     ts = record["ts"].astimezone(UTC)
-    derived = reading_id_at(record["device_id"], record["metric"], ts)
+    derived = derive_reading_id(record["device_id"], record["metric"], ts.isoformat())
     assert (given or derived) == model.reading_id
     assert record["ts"] == model.ts
     assert (record["device_id"], record["metric"], record["value"], record["unit"]) == (
@@ -254,12 +254,12 @@ def test_the_fast_reading_id_is_uuid5() -> None:
     )
 )
 def test_the_hot_path_reading_id_equals_the_defined_one(ts: datetime) -> None:
-    """reading_id_at writes the instant with orjson, which must write a UTC datetime exactly as
-    isoformat does, or ids derived by ingest would differ from SensorReading's."""
-    from schemas.readings import derive_reading_id, reading_id_at
+    """reading_id_bytes writes the instant from its microseconds as isoformat writes it, or
+    ids the writer derives would differ from SensorReading's."""
+    from schemas.readings import derive_reading_id, micros, reading_id_bytes
 
-    assert orjson.dumps(ts)[1:-1].decode() == ts.isoformat()
-    assert reading_id_at("d-1", "aqi", ts) == derive_reading_id("d-1", "aqi", ts.isoformat())
+    derived = reading_id_bytes("d-1", "aqi", micros(ts))
+    assert derived == derive_reading_id("d-1", "aqi", ts.isoformat()).bytes
 
 
 _FRAME = {
@@ -269,7 +269,7 @@ _FRAME = {
     "ts": [1_782_000_000_000_000, 1_782_000_000_500_000],
     "value": [12.5, 3],
     "place": [0, None],
-    "places": [{"district": "yuexiu", "grid": "g-1"}],
+    "places": {"district": ["yuexiu"], "grid": ["g-1"]},
 }
 
 
@@ -278,7 +278,8 @@ _FRAME = {
     [
         ({}, None),
         ({"reading_id": ["6f1d4c1e-2b8a-4b57-9a57-6e0d0c8f3a11", None]}, None),
-        ({"place": [None, None], "places": []}, None),
+        ({"place": [None, None], "places": {}}, None),
+        ({"places": {"district": ["yuexiu"], "grid": [None]}}, None),
         ({"ts": [-1_000_000, 0]}, None),  # before 1970 is a time too
         ({"value": [12.5]}, "value: 1 items for 2 readings"),
         ({"reading_id": [None]}, "reading_id: 1 items for 2 readings"),
@@ -290,7 +291,9 @@ _FRAME = {
         ({"device_id": [], "metric": [], "unit": [], "ts": [], "value": [], "place": []},
          "device_id: List should have at least 1 item"),
         ({"extra": 1}, "extra: Extra inputs are not permitted"),
-        ({"places": [{"floor": 3}]}, "places.0.floor: Extra inputs are not permitted"),
+        ({"places": {"floor": [3]}}, "places.floor: Extra inputs are not permitted"),
+        ({"places": {"district": ["a", "b"], "grid": ["g"]}}, "places: columns of 1 and 2"),
+        ({"places": {"lon": [181.0]}}, "places.lon.0: Input should be less than or equal"),
     ],
 )  # fmt: skip
 def test_a_frame_is_checked_column_by_column_and_as_a_whole(
