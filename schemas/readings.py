@@ -165,6 +165,7 @@ class Places(TypedDict, total=False):
 
 
 PLACE_KEYS = ("lon", "lat", "grid", "street", "district")
+_NOWHERE = (None,) * len(PLACE_KEYS)
 
 
 @with_config(ConfigDict(extra="forbid", str_strip_whitespace=True, title="ReadingFrame"))
@@ -275,12 +276,15 @@ def encode_frame(
         at = seen.get(id(where))
         if at is None:
             key = tuple(where.get(k) for k in PLACE_KEYS)
-            at = index.get(key)
-            if at is None:
-                at = index[key] = len(places)
-                places.append(where)
+            if key == _NOWHERE:  # a location stating nothing is none
+                at = -1
+            else:
+                at = index.get(key)
+                if at is None:
+                    at = index[key] = len(places)
+                    places.append(where)
             seen[id(where)] = at
-        place.append(at)
+        place.append(None if at < 0 else at)
     keys = [k for k in PLACE_KEYS if any(p.get(k) is not None for p in places)]
     frame: dict[str, Any] = {
         "device_id": device_id,

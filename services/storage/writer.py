@@ -429,11 +429,11 @@ class WriterHandler:
                 self.conn = await psycopg.AsyncConnection.connect(
                     url, autocommit=True, connect_timeout=5
                 )
-                register_dumpers(self.conn.adapters)
                 log.info("connected to PostgreSQL")
                 if self.nice_backend:
                     await nice_backend(self.conn)
             if not self.staged:
+                register_dumpers(self.conn.adapters)  # for the readings' rows
                 await self.conn.execute(STAGING)
                 # Safe either way: see WriterSettings.synchronous_commit.
                 commit = "on" if self.settings.writer.synchronous_commit else "off"

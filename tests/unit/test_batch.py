@@ -240,6 +240,14 @@ def test_the_registry_refuses_by_the_item_s_place_in_the_batch_and_fills_in_plac
     assert kept.record["location"] == {"grid": "g1", "district": "yuexiu"}
 
 
+def test_a_location_that_states_nothing_is_no_place_in_a_frame() -> None:
+    nowhere = {"lon": None, "lat": None, "grid": None, "street": None, "district": None}
+    accepted = sort_items([{**ITEM, "location": nowhere}, {**ITEM, "device_id": "e"}]).accepted
+    [frame] = frames(accepted)
+    assert orjson.loads(frame)["place"] == [None, None]
+    assert [r.get("location") for r in frame_readings(read_frame(frame))] == [None, None]
+
+
 def test_a_frame_body_is_sorted_as_the_same_readings_in_a_json_body() -> None:
     """A gateway's frame (the readings topic's own form) and the JSON array of the same
     readings give the same accepted readings."""
