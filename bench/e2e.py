@@ -1,7 +1,7 @@
 """End to end on this machine: the simulated city feeding the whole local stack (broker,
 PostgreSQL, ingest, rules engine, writer, API) at rising rates.
 
-    python -m bench.e2e [--rates 5000,10000,20000,30000,40000] [--step-seconds 30]
+    python -m bench.e2e [--rates 10000,20000,40000,60000,80000,100000,150000] [--step-seconds 30]
                         [--latency-seconds 300] [--interval 0.05] [--storm]
                         [--latency-rate RATE]
 
@@ -265,7 +265,7 @@ def cpu_line(cpu: dict[str, float], readings: float, seconds: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rates", default="5000,10000,20000,30000,40000")
+    parser.add_argument("--rates", default="10000,20000,40000,60000,80000,100000,150000")
     parser.add_argument("--step-seconds", type=float, default=30.0)
     # Transitions come in bursts when windows close (once a minute for most indicators):
     # five minutes see four or five of them.

@@ -165,7 +165,6 @@ class Places(TypedDict, total=False):
 
 
 PLACE_KEYS = ("lon", "lat", "grid", "street", "district")
-_NOWHERE = (None,) * len(PLACE_KEYS)
 
 
 @with_config(ConfigDict(extra="forbid", str_strip_whitespace=True, title="ReadingFrame"))
@@ -220,16 +219,15 @@ def read_frame(raw: bytes) -> ReadingFrame:
 
 
 def place_list(frame: ReadingFrame) -> list[LocationRecord]:
-    """A checked frame's places as location records (the fields it states)."""
+    """A checked frame's places as location records (the columns it states; null where a
+    place has no value in one)."""
     places = frame["places"]
     keys = [k for k in PLACE_KEYS if k in places]
     if not keys:
         return []
     columns = [places[k] for k in keys]  # type: ignore[literal-required]
-    return [
-        cast(LocationRecord, {k: v for k, v in zip(keys, values, strict=True) if v is not None})
-        for values in zip(*columns, strict=True)
-    ]
+    rows = zip(*columns, strict=True)  # read_frame checked they are as long
+    return [cast(LocationRecord, dict(zip(keys, values, strict=True))) for values in rows]
 
 
 def frame_readings(frame: ReadingFrame) -> list[dict[str, Any]]:
@@ -265,7 +263,6 @@ def encode_frame(
 ) -> bytes:
     """A frame's record from its readings' columns (locations given per reading, written once
     each)."""
-    seen: dict[int, int] = {}  # id of a location object -> its place (objects are shared)
     index: dict[tuple[Any, ...], int] = {}
     places: list[LocationRecord] = []
     place: list[int | None] = []
@@ -273,17 +270,13 @@ def encode_frame(
         if not where:
             place.append(None)
             continue
-        at = seen.get(id(where))
+        key = tuple(where.items())
+        at = index.get(key)
         if at is None:
-            key = tuple(where.get(k) for k in PLACE_KEYS)
-            if key == _NOWHERE:  # a location stating nothing is none
-                at = -1
-            else:
-                at = index.get(key)
-                if at is None:
-                    at = index[key] = len(places)
-                    places.append(where)
-            seen[id(where)] = at
+            # A location stating nothing is none.
+            at = index[key] = -1 if all(v is None for v in where.values()) else len(places)
+            if at >= 0:
+                places.append(where)
         place.append(None if at < 0 else at)
     keys = [k for k in PLACE_KEYS if any(p.get(k) is not None for p in places)]
     frame: dict[str, Any] = {
