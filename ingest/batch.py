@@ -17,6 +17,7 @@ from ingest import units
 from schemas.base import describe_errors
 from schemas.readings import (
     FRAME_READINGS,
+    PLACE_KEYS,
     READING_RECORD,
     READING_RECORDS,
     FrameError,
@@ -42,10 +43,6 @@ class Rejection:
     item: Any
 
 
-# Where a device stands; a reading that states all of it needs nothing from the registry.
-PLACE_FIELDS = ("lon", "lat", "grid", "street", "district")
-
-
 class Accepted(NamedTuple):
     """A valid reading, normalised (unit canonical, time in UTC) as it goes into a frame on the
     readings topic. A named tuple: one is made per reading on the ingest hot path, where
@@ -63,9 +60,10 @@ class Accepted(NamedTuple):
 
     @property
     def placed(self) -> bool:
-        """The reading states every one of PLACE_FIELDS."""
+        """The reading states all of where it stands (every one of PLACE_KEYS): it needs
+        nothing from the registry."""
         place = self.location
-        return place is not None and len(place) == len(PLACE_FIELDS) and None not in place.values()
+        return place is not None and len(place) == len(PLACE_KEYS) and None not in place.values()
 
     @property
     def record(self) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from typing import Any, cast
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ingest.batch import PLACE_FIELDS, Rejection, Sorted
-from schemas.readings import LocationRecord
+from ingest.batch import Rejection, Sorted
+from schemas.readings import PLACE_KEYS, LocationRecord
 from services.devices.models import DeviceRead, DeviceStatus
 from services.devices.service import snapshot
 
@@ -30,7 +30,7 @@ class DeviceEntry:
 
     @classmethod
     def of(cls, device: DeviceRead) -> DeviceEntry:
-        place = {k: getattr(device, k) for k in PLACE_FIELDS if getattr(device, k) is not None}
+        place = {k: getattr(device, k) for k in PLACE_KEYS if getattr(device, k) is not None}
         return cls(active=device.status is DeviceStatus.ACTIVE, place=place)
 
 
