@@ -68,8 +68,9 @@ def raw_copy(url: str, rows: list[tuple[object, ...]]) -> tuple[float, float]:
     """Rows/s of a bare binary COPY of prebuilt rows, and the CPU its PostgreSQL backend
     spent a row (microseconds, user and system)."""
     columns = ", ".join(READING_COLUMNS)
-    with psycopg.connect(url) as conn, conn.cursor() as cur:
+    with psycopg.connect(url) as conn:
         register_dumpers(conn.adapters)  # the rows are frame_rows', as the writer copies them
+        cur = conn.cursor()  # after: a cursor takes the connection's adapters when made
         backend = psutil.Process(conn.info.backend_pid)
         cpu = sum(backend.cpu_times()[:2])
         began = time.perf_counter()
