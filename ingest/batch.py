@@ -99,8 +99,8 @@ class Sorted:
     rejected: list[Rejection] = field(default_factory=list)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled by columns: sorting runs in a worker process (ingest/sorting.py), and four
-        lists cross the pipe several times faster than thousands of named tuples."""
+        """Pickled by columns: sorting runs in a worker process (ingest/sorting.py), and a
+        list a field crosses the pipe several times faster than thousands of named tuples."""
         return (_sorted_from_columns, (tuple(zip(*self.accepted, strict=True)), self.rejected))
 
 
