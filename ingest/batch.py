@@ -319,6 +319,8 @@ def frame_items(body: bytes, max_items: int) -> list[Any]:
         {k: v for k, v in zip(columns_of_places, values, strict=False) if v is not None}
         for values in zip(*columns_of_places.values(), strict=False)
     ]
+    _bounded(document["ts"], max_items)  # before building thousands of items to refuse
+    place_of, ids = optional["place"] or [None] * n, optional["reading_id"]
     items = []
     for i in range(n):
         item: dict[str, Any] = {c: document[c][i] for c in ("device_id", "metric", "unit", "value")}
@@ -328,17 +330,17 @@ def frame_items(body: bytes, max_items: int) -> list[Any]:
             if type(us) is int and _MIN_US <= us <= _MAX_US
             else us  # refused as it is
         )
-        place = (optional["place"] or [None] * n)[i]
+        place = place_of[i]
         if place is not None:
             item["location"] = (
                 places[place]
                 if type(place) is int and 0 <= place < len(places)
                 else {"place": place}  # refused: no such place
             )
-        if optional["reading_id"] is not None and optional["reading_id"][i] is not None:
-            item["reading_id"] = optional["reading_id"][i]
+        if ids is not None and ids[i] is not None:
+            item["reading_id"] = ids[i]
         items.append(item)
-    return _bounded(items, max_items)
+    return items
 
 
 _MIN_US, _MAX_US = (

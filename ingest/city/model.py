@@ -166,10 +166,11 @@ class City:
         second = int(now) - 1
         millis = np.clip(((t - second) * 1000).astype(np.int64), 0, 1999)
         devices, place = np.unique(idx, return_inverse=True)
+        each = idx.tolist()
         frame = {
-            "device_id": [self._ids[i] for i in idx.tolist()],
-            "metric": [self._metric[i] for i in idx.tolist()],
-            "unit": [self._unit[i] for i in idx.tolist()],
+            "device_id": [self._ids[i] for i in each],
+            "metric": [self._metric[i] for i in each],
+            "unit": [self._unit[i] for i in each],
             "ts": ((second * 1000 + millis) * 1000).tolist(),
             "value": np.round(values, 2).tolist(),
             "place": place.tolist(),
