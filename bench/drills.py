@@ -309,7 +309,7 @@ def stored_readings(db_url: str) -> tuple[int, int]:
     """Rows and distinct readings the drill's devices have in PostgreSQL."""
     with psycopg.connect(db_url) as conn:
         row = conn.execute(
-            "SELECT count(*), count(DISTINCT reading_id) FROM readings "
+            "SELECT count(*), count(DISTINCT (reading_id, device_id, metric, ts)) FROM readings "
             "WHERE device_id LIKE 'drill-%'"
         ).fetchone()
     assert row is not None

@@ -42,9 +42,9 @@ from services.kafka import ensure_topics, make_producer
 from services.local.broker import LocalBroker
 from services.local.postgres import LocalPostgres
 from services.local.processes import free_port, stop_process, wait_for_port
-from services.storage.frames import frame_rows, register_dumpers
+from services.storage.frames import READING_TYPES, frame_rows, pg_time
 from services.storage.scheduled import maintain
-from services.storage.writer import READING_COLUMNS, READING_TYPES, WriterHandler
+from services.storage.writer import READING_COLUMNS, WriterHandler
 
 DISTRICTS = ["yuexiu", "liwan", "haizhu", "tianhe", "baiyun", "huangpu", "panyu", "huadu",
              "nansha", "conghua", "zengcheng"]  # fmt: skip
@@ -69,8 +69,7 @@ def raw_copy(url: str, rows: list[tuple[object, ...]]) -> tuple[float, float]:
     spent a row (microseconds, user and system)."""
     columns = ", ".join(READING_COLUMNS)
     with psycopg.connect(url) as conn:
-        register_dumpers(conn.adapters)  # the rows are frame_rows', as the writer copies them
-        cur = conn.cursor()  # after: a cursor takes the connection's adapters when made
+        cur = conn.cursor()
         backend = psutil.Process(conn.info.backend_pid)
         cpu = sum(backend.cpu_times()[:2])
         began = time.perf_counter()
@@ -191,8 +190,9 @@ def load_history(url: str, days: int, scopes: int, interval: timedelta) -> int:
                 ts = start + step * interval
                 for d in range(scopes):
                     copy.write_row(
-                        (ts, uuid.uuid4(), f"wl-{d}", "waterlogging_depth", rng.random() * 40,
-                         "cm", f"g-{d // 10}", None, DISTRICTS[d % 11], None, None, ts)
+                        (pg_time(ts), uuid.uuid4().bytes, f"wl-{d}", "waterlogging_depth",
+                         rng.random() * 40, "cm", f"g-{d // 10}", None, DISTRICTS[d % 11], None,
+                         None, pg_time(ts))
                     )  # fmt: skip
         conn.commit()
     return steps * scopes
@@ -276,7 +276,7 @@ def main() -> None:
         models = readings(args.rows, t0)
         # As ingest puts them on the topic: frames of FRAME_READINGS.
         values = frames(sort_items([m.model_dump(mode="json") for m in models]).accepted)
-        rows = [row for v in values for row in frame_rows(read_frame(v), t0)]
+        rows = [row for v in values for row in frame_rows(read_frame(v), pg_time(t0))]
 
         def settings(db: str, prefix: str) -> Settings:
             return Settings(

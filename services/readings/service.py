@@ -9,6 +9,7 @@ from psycopg.rows import dict_row
 
 from schemas.alerts import ScopeLevel
 from services.readings.models import ReadingRead
+from services.storage.frames import stored_reading_id
 
 _SCOPE_COLUMN = {
     ScopeLevel.DEVICE: "device_id",
@@ -43,4 +44,7 @@ async def latest(
     ).format(sql.SQL(" AND ").join(where))
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(query, [*params, limit])
-        return [ReadingRead.model_validate(r) for r in await cur.fetchall()]
+        rows = await cur.fetchall()
+    for r in rows:  # a reading stored without its client's id has it derived
+        r["reading_id"] = stored_reading_id(r["reading_id"], r["device_id"], r["metric"], r["ts"])
+    return [ReadingRead.model_validate(r) for r in rows]

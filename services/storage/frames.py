@@ -1,31 +1,52 @@
 """Frames off the readings topic as the rows the writer copies into ``readings``.
 
-A row keeps a reading's time as the frame's microseconds and a derived id as its 16 bytes:
-a datetime and a UUID object a reading were a fifth of the writer's time. The COPY takes
-them through the two dumpers ``register_dumpers`` adds to the writer's connection (by type OID, as
-``Copy.set_types`` looks them up); datetimes and UUIDs still go through as before."""
+A row is made for psycopg's C binary dumpers, with no Python call per value: its two times go
+as int8, microseconds since 2000-01-01 UTC, which is what a binary ``timestamptz`` is (the
+server's ``timestamptz_recv`` reads that int8 and checks its range), and a reading id goes as
+its 16 bytes (``uuid_recv`` reads 16 bytes). A reading without a client-chosen id is stored
+with NULL: its id is derived from (device, metric, time) where it is read
+(``stored_reading_id``), not a SHA-1 a reading on the write path. Tables that still require
+the id (``derive=True``: a TimescaleDB older than 2.18 with compression on, which cannot drop
+NOT NULL) get the derived bytes as before.
+"""
 
 from __future__ import annotations
 
-import struct
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
-from psycopg import postgres
-from psycopg.adapt import AdaptersMap, Dumper
-from psycopg.pq import Format
-from psycopg.types.datetime import DatetimeBinaryDumper
+from schemas.readings import ReadingFrame, micros, reading_id_bytes
 
-from schemas.readings import ReadingFrame, reading_id_bytes
+# The COPY's types for READING_COLUMNS (services/storage/writer.py), times and ids as above.
+READING_TYPES = (
+    "int8",  # ts
+    "bytea",  # reading_id
+    "text",
+    "text",
+    "float8",
+    "text",
+    "text",
+    "text",
+    "text",
+    "float8",
+    "float8",
+    "int8",  # ingested_at
+)
 
+PG_EPOCH_US = 946_684_800_000_000  # PostgreSQL counts time from 2000-01-01 UTC
 _NOWHERE = (None, None, None, None, None)
-_PG_EPOCH_US = 946_684_800_000_000  # PostgreSQL counts time from 2000-01-01 UTC
-_INT8 = struct.Struct(">q").pack
 
 
-def frame_rows(frame: ReadingFrame, ingested_at: datetime) -> list[tuple[object, ...]]:
-    """A frame's readings (checked by ``read_frame``) as rows in ``READING_COLUMNS`` order."""
+def pg_time(moment: datetime) -> int:
+    """A moment as a binary timestamptz's int8: microseconds since 2000-01-01 UTC."""
+    return micros(moment) - PG_EPOCH_US
+
+
+def frame_rows(
+    frame: ReadingFrame, ingested_at: int, *, derive: bool = False
+) -> list[tuple[object, ...]]:
+    """A frame's readings (checked by ``read_frame``) as rows in ``READING_COLUMNS`` order;
+    ``ingested_at`` as ``pg_time`` gives it. ``derive``: fill in the ids the clients left out."""
     columns = frame["places"]
     count = len(next(iter(columns.values()), []))  # type: ignore[arg-type]
     nothing = [None] * count
@@ -36,47 +57,41 @@ def frame_rows(frame: ReadingFrame, ingested_at: datetime) -> list[tuple[object,
             columns.get("lat", nothing), strict=True,
         )
     )  # fmt: skip
-    ids: list[uuid.UUID | None] = frame.get("reading_id") or [None] * len(frame["ts"])
+    given = frame.get("reading_id")
+    ids: list[bytes | None]
+    if given is None and not derive:
+        ids = [None] * len(frame["ts"])
+    else:
+        ids = [
+            reading_id_bytes(d, m, us) if i is None and derive else None if i is None else i.bytes
+            for d, m, us, i in zip(
+                frame["device_id"], frame["metric"], frame["ts"],
+                given or [None] * len(frame["ts"]), strict=True,
+            )
+        ]  # fmt: skip
     rows: list[tuple[object, ...]] = []
-    for device, metric, unit, us, value, place, given in zip(
+    for device, metric, unit, us, value, place, reading_id in zip(
         frame["device_id"], frame["metric"], frame["unit"], frame["ts"], frame["value"],
         frame["place"], ids, strict=True,
     ):  # fmt: skip
-        reading_id = reading_id_bytes(device, metric, us) if given is None else given
         grid, street, district, lon, lat = _NOWHERE if place is None else places[place]
         rows.append(
-            (us, reading_id, device, metric, value, unit, grid, street, district, lon, lat,
-             ingested_at)
+            (us - PG_EPOCH_US, reading_id, device, metric, value, unit, grid, street, district,
+             lon, lat, ingested_at)
         )  # fmt: skip
     return rows
 
 
 def minutes_of(rows: list[tuple[object, ...]]) -> list[datetime]:
     """The minute buckets (UTC) of ``frame_rows``' rows."""
-    minutes = {row[0] // 60_000_000 for row in rows}  # type: ignore[operator]
+    minutes = {(row[0] + PG_EPOCH_US) // 60_000_000 for row in rows}  # type: ignore[operator]
     return [datetime.fromtimestamp(m * 60, UTC) for m in sorted(minutes)]
 
 
-class TimeDumper(DatetimeBinaryDumper):
-    """timestamptz: microseconds since 1970 as they are, or a datetime."""
-
-    def dump(self, obj: Any) -> bytes:
-        if type(obj) is int:
-            return _INT8(obj - _PG_EPOCH_US)
-        return bytes(super().dump(obj) or b"")
-
-
-class IdDumper(Dumper):
-    """uuid: 16 bytes as they are, or a UUID."""
-
-    format = Format.BINARY
-    oid = postgres.types["uuid"].oid
-
-    def dump(self, obj: Any) -> bytes:
-        return obj if type(obj) is bytes else bytes(obj.bytes)
-
-
-def register_dumpers(adapters: AdaptersMap) -> None:
-    """Let a connection's COPY with ``set_types`` take ``frame_rows``' rows."""
-    adapters.register_dumper(None, TimeDumper)
-    adapters.register_dumper(None, IdDumper)
+def stored_reading_id(
+    reading_id: uuid.UUID | None, device_id: str, metric: str, ts: datetime
+) -> uuid.UUID:
+    """A stored reading's id: the client's, or the one derived from what it is."""
+    if reading_id is not None:
+        return reading_id
+    return uuid.UUID(bytes=reading_id_bytes(device_id, metric, micros(ts)))

@@ -51,7 +51,7 @@ from services.kafka import (
     run_consumer,
     wait_for_broker,
 )
-from services.storage.frames import frame_rows, minutes_of, register_dumpers
+from services.storage.frames import PG_EPOCH_US, READING_TYPES, frame_rows, minutes_of
 from services.storage.layout import Layout, current
 from services.storage.scheduled import MARK_CHANGED, maintain, prepare, until_round
 
@@ -75,21 +75,6 @@ READING_COLUMNS = (
     "lat",
     "ingested_at",
 )
-READING_TYPES = (
-    "timestamptz",
-    "uuid",
-    "text",
-    "text",
-    "float8",
-    "text",
-    "text",
-    "text",
-    "text",
-    "float8",
-    "float8",
-    "timestamptz",
-)
-
 TRANSITION_COLUMNS = (
     "transition_id",
     "alert_id",
@@ -388,9 +373,15 @@ async def copy_rows(
             await copy.write_row(row)
 
 
-def record_time(record: ConsumerRecord[bytes, bytes]) -> datetime:
-    """When the broker took the record (the time ingest handed it over)."""
-    return datetime.fromtimestamp(record.timestamp / 1000, UTC)
+async def ids_required(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> bool:
+    """Whether ``readings.reading_id`` is still NOT NULL (migration 0011 could not drop it: a
+    TimescaleDB before 2.18 with compression on), so the writer must store derived ids."""
+    cur = await conn.execute(
+        "SELECT attnotnull FROM pg_attribute "
+        "WHERE attrelid = 'readings'::regclass AND attname = 'reading_id'"
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])
 
 
 class WriterHandler:
@@ -408,6 +399,7 @@ class WriterHandler:
         self.conn = conn
         self.staged = False  # staging tables exist on this connection
         self.marks_rollups = False  # plain layout: mark the rollup buckets readings change
+        self.derives_ids = False  # readings.reading_id is NOT NULL: store derived ids
         self.producer = producer
         self.nice_backend = False  # give the writing connection's backend this niceness
         # The stored offset each partition's next batch must find (None: no row yet), from
@@ -433,12 +425,12 @@ class WriterHandler:
                 if self.nice_backend:
                     await nice_backend(self.conn)
             if not self.staged:
-                register_dumpers(self.conn.adapters)  # for the readings' rows
                 await self.conn.execute(STAGING)
                 # Safe either way: see WriterSettings.synchronous_commit.
                 commit = "on" if self.settings.writer.synchronous_commit else "off"
                 await self.conn.execute(f"SET synchronous_commit = {commit}")
                 self.marks_rollups = await current(self.conn) is Layout.PLAIN
+                self.derives_ids = await ids_required(self.conn)
                 self.staged = True
         except psycopg.OperationalError as exc:
             raise await self._lost(exc) from exc
@@ -482,18 +474,15 @@ class WriterHandler:
         topics = self.topics
         for tp, records in batch.items():
             if tp.topic == topics.readings:
-                # The hot path: frames checked column by column in pydantic-core, and one
-                # datetime per broker timestamp rather than per record.
-                rows = out.readings
-                stamps: dict[int, datetime] = {}
+                # The hot path: frames checked column by column in pydantic-core.
+                rows, derive = out.readings, self.derives_ids
                 for record in records:
                     if record.headers and is_tick(record):
                         continue
-                    at = stamps.get(record.timestamp)
-                    if at is None:
-                        at = stamps[record.timestamp] = record_time(record)
+                    # When the broker took the record (the time ingest handed it over).
+                    at = record.timestamp * 1000 - PG_EPOCH_US
                     try:
-                        rows += frame_rows(read_frame(record.value or b""), at)
+                        rows += frame_rows(read_frame(record.value or b""), at, derive=derive)
                     except ValidationError as exc:
                         out.rejected.append((describe_errors(exc), record))
                     except FrameError as exc:

@@ -9,12 +9,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 
 from schemas.deadletter import DeadLetter
+from schemas.readings import derive_reading_id
 from tests.integration.conftest import Stack, eventually, issue_key, produce_raw, read_topic
 
 pytestmark = pytest.mark.integration
@@ -210,7 +212,8 @@ def test_every_accepted_reading_is_stored_exactly_once_across_crashes_and_rebala
 
     def count() -> tuple[int, int]:
         [(n, distinct)] = stack.query(
-            "SELECT count(*), count(DISTINCT reading_id) FROM readings WHERE device_id LIKE %s",
+            "SELECT count(*), count(DISTINCT (reading_id, device_id, metric, ts)) FROM readings "
+            "WHERE device_id LIKE %s",
             f"{device_prefix}-%",
         )
         assert isinstance(n, int)
@@ -238,15 +241,32 @@ def test_latest_readings_of_a_scope(stack: Stack, client: httpx.Client) -> None:
     device = f"lat-{uuid.uuid4().hex[:6]}"
     now = datetime.now(UTC)
     body = [reading(device, float(v), now - timedelta(seconds=10 - v)) for v in range(5)]
-    body.append(reading(device, 55.5, now, metric="rainfall_1h", unit="mm"))
+    chosen = uuid.uuid4()  # a client's own id is kept; a reading without one is given one
+    body.append(reading(device, 55.5, now, metric="rainfall_1h", unit="mm", reading_id=str(chosen)))
     assert client.post(f"{stack.ingest_url}/api/v1/readings", json=body).status_code == 202
 
+    def page() -> list[dict[str, Any]]:
+        url = f"{stack.api_url}/api/v1/scopes/device/{device}/readings/latest"
+        items: list[dict[str, Any]] = client.get(url).json()["items"]
+        return items
+
     def latest() -> dict[str, float]:
-        page = client.get(f"{stack.api_url}/api/v1/scopes/device/{device}/readings/latest").json()
-        return {item["metric"]: item["value"] for item in page["items"]}
+        return {item["metric"]: item["value"] for item in page()}
 
     assert eventually(lambda: len(latest()) == 2 and latest())
     assert latest() == {"waterlogging_depth": 4.0, "rainfall_1h": 55.5}
+    ids = {item["metric"]: item["reading_id"] for item in page()}
+    # Stored without an id, and given the one derived from what it is: the same id the
+    # engine names in an alert the reading causes.
+    fourth = (now - timedelta(seconds=6)).astimezone(UTC).isoformat()
+    assert ids == {
+        "waterlogging_depth": str(derive_reading_id(device, "waterlogging_depth", fourth)),
+        "rainfall_1h": str(chosen),
+    }
+    assert stack.query(
+        "SELECT metric, reading_id FROM readings WHERE device_id = %s ORDER BY ts DESC LIMIT 2",
+        device,
+    ) == [("rainfall_1h", chosen), ("waterlogging_depth", None)]
 
     bad = client.get(f"{stack.api_url}/api/v1/scopes/planet/earth/readings/latest")
     assert bad.status_code == 422

@@ -63,7 +63,9 @@ def records(
 
 def stored(url: str) -> tuple[int, int]:
     with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT count(*), count(DISTINCT reading_id) FROM readings").fetchone()
+        row = conn.execute(
+            "SELECT count(*), count(DISTINCT (reading_id, device_id, metric, ts)) FROM readings"
+        ).fetchone()
     assert row is not None
     return row[0], row[1]
 

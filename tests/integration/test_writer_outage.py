@@ -57,7 +57,7 @@ def counts(url: str) -> tuple[int, int]:
     try:
         with psycopg.connect(url, connect_timeout=2) as conn:
             row = conn.execute(
-                "SELECT count(*), count(DISTINCT reading_id) FROM readings"
+                "SELECT count(*), count(DISTINCT (reading_id, device_id, metric, ts)) FROM readings"
             ).fetchone()
     except psycopg.OperationalError:
         return (-1, -1)
