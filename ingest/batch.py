@@ -6,7 +6,6 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from itertools import islice
 from typing import Any, NamedTuple
 
 import orjson
@@ -427,45 +426,57 @@ def sort_items(
 class RecentIds:
     """Ids of readings recently handed to the broker, so a retried batch is not sent twice.
 
-    Bounded: the oldest ids are forgotten past ``capacity``. Ids are claimed before the
-    hand-off and settled after it: a concurrent request carrying the same ids sees them as
-    taken, and a failed hand-off releases them for the client's retry.
+    Bounded, in two generations: ids go into the newer; once it holds ``capacity`` / 2, it
+    becomes the older and the older is forgotten whole, so the latest ``capacity`` / 2 ids at
+    least (``capacity`` at most) are remembered. Forgetting the oldest id by id (a lookup and
+    a delete a reading, and a walk past the holes that left at the table's start) made this
+    table 2.2 us of ingest's ~9 us a reading at 45,000 readings/s.
+
+    Ids are claimed before the hand-off and settled after it: a concurrent request carrying
+    the same ids sees them as taken, and a failed hand-off releases them for the client's
+    retry. A generation holding a claim not yet settled is not forgotten.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        # id -> delivered; an id in flight is here with False. One table, so a reading costs
-        # one insert and one update in it (at 100k readings/s, memory traffic is what counts).
-        self._ids: dict[Hashable, bool] = {}
+        self._half = max(1, capacity // 2)
+        # id -> delivered (False while in flight), the newer and the older generation.
+        self._new: dict[Hashable, bool] = {}
+        self._old: dict[Hashable, bool] = {}
+        self._open = [0, 0]  # claims not settled yet, made into the [older, newer]
 
     def claim(self, ids: Sequence[Hashable]) -> list[bool]:
-        """For each id, whether it is new (and now claimed by the caller)."""
-        known = self._ids
-        if known.keys().isdisjoint(ids) and len(set(ids)) == len(ids):
-            known.update(dict.fromkeys(ids, False))  # the usual case: a new batch, no loop
-            return [True] * len(ids)
-        fresh = [False] * len(ids)
-        for i, key in enumerate(ids):
-            if key not in known:
-                known[key] = False
-                fresh[i] = True
+        """For each id, whether it is new (and now claimed by the caller, who must settle
+        exactly the new ones, in one call)."""
+        new, old = self._new, self._old
+        if new.keys().isdisjoint(ids) and old.keys().isdisjoint(ids) and len(set(ids)) == len(ids):
+            new.update(dict.fromkeys(ids, False))  # the usual case: a new batch, no loop
+            fresh = [True] * len(ids)
+        else:
+            fresh = [False] * len(ids)
+            for i, key in enumerate(ids):
+                if key not in new and key not in old:
+                    new[key] = False
+                    fresh[i] = True
+        if True in fresh:
+            self._open[1] += 1
         return fresh
 
     def settle(self, ids: Sequence[Hashable], *, delivered: bool) -> None:
         """The claimed ids were delivered (remember them) or not (release them)."""
-        known = self._ids
+        if not ids:
+            return
+        new, old = self._new, self._old
+        self._open[1 if ids[0] in new else 0] -= 1  # claimed before the last turn: older
         if delivered:
-            known.update(dict.fromkeys(ids, True))
+            new.update(dict.fromkeys(ids, True))
         else:
             for key in ids:
-                known.pop(key, None)
-        overflow = len(known) - self.capacity
-        if overflow > 0:
-            # The oldest claims go first; one still in flight (rare: the table is far larger
-            # than what is in flight) is kept.
-            for key in list(islice(known, overflow)):
-                if known[key]:
-                    del known[key]
+                new.pop(key, None)
+                old.pop(key, None)
+        if len(new) >= self._half and not self._open[0]:
+            self._old, self._new = new, {}
+            self._open = [self._open[1], 0]
 
     def __len__(self) -> int:
-        return sum(self._ids.values())
+        return sum(self._new.values()) + sum(self._old.values())

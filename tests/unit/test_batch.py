@@ -22,7 +22,7 @@ from ingest.batch import (
     sort_items,
 )
 from ingest.city.model import City
-from schemas.readings import SensorReading, frame_readings, read_frame
+from schemas.readings import LocationRecord, SensorReading, encode_frame, frame_readings, read_frame
 
 ITEM = {"device_id": "d", "metric": "aqi", "value": 1, "unit": "AQI", "ts": "2026-07-01T00:00:00Z"}
 
@@ -124,7 +124,7 @@ def test_readings_from_a_clock_running_ahead_are_refused() -> None:
 
 
 def test_recent_ids_drop_repeats_and_release_failed_hand_offs() -> None:
-    recent = RecentIds(capacity=3)
+    recent = RecentIds(capacity=4)  # two generations of two
     a, b, c, d = (uuid.uuid4() for _ in range(4))
     assert recent.claim([a, b]) == [True, True]
     assert recent.claim([a]) == [False]  # in flight: a concurrent retry does not resend it
@@ -135,8 +135,26 @@ def test_recent_ids_drop_repeats_and_release_failed_hand_offs() -> None:
     recent.settle([c], delivered=True)
     assert recent.claim([d]) == [True]
     recent.settle([d], delivered=True)
-    assert len(recent) == 3  # bounded: the oldest (a) is forgotten
+    assert len(recent) == 2  # bounded: the older generation (a, b) is forgotten
     assert recent.claim([a, d]) == [True, False]
+    recent.settle([a], delivered=True)
+
+
+def test_recent_ids_keep_a_claim_in_flight_however_many_pass_meanwhile() -> None:
+    recent = RecentIds(capacity=4)
+    slow = uuid.uuid4()
+    assert recent.claim([slow]) == [True]  # its hand-off takes a while
+    for _ in range(5):
+        others = [uuid.uuid4(), uuid.uuid4()]
+        assert recent.claim(others) == [True, True]
+        recent.settle(others, delivered=True)
+    assert recent.claim([slow]) == [False]  # still taken: a retry now is not sent twice
+    recent.settle([slow], delivered=True)
+    assert recent.claim([slow]) == [False]  # delivered and remembered
+    fresh = [uuid.uuid4(), uuid.uuid4()]
+    recent.claim(fresh)
+    recent.settle(fresh, delivered=True)
+    assert len(recent) == 2  # what piled up behind the claim is forgotten once it settled
 
 
 def test_sorting_is_deterministic_in_ids() -> None:
@@ -246,6 +264,20 @@ def test_a_location_that_states_nothing_is_no_place_in_a_frame() -> None:
     [frame] = frames(accepted)
     assert orjson.loads(frame)["place"] == [None, None]
     assert [r.get("location") for r in frame_readings(read_frame(frame))] == [None, None]
+
+
+def test_a_frame_writes_each_place_once_shared_or_equal() -> None:
+    here: LocationRecord = {"district": "yuexiu", "grid": "g1"}
+    nowhere: LocationRecord = {"district": None}
+    there: LocationRecord = {"district": "tianhe"}
+    frame = orjson.loads(
+        encode_frame(
+            ["a", "b", "c", "d", "e"], ["aqi"] * 5, ["AQI"] * 5, [1, 2, 3, 4, 5], [1.0] * 5,
+            [here, LocationRecord(**here), here, nowhere, there],
+        )
+    )  # fmt: skip
+    assert frame["place"] == [0, 0, 0, None, 1]
+    assert frame["places"] == {"grid": ["g1", None], "district": ["yuexiu", "tianhe"]}
 
 
 def test_a_frame_body_is_sorted_as_the_same_readings_in_a_json_body() -> None:
