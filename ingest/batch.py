@@ -234,15 +234,30 @@ def sort_frame(
     """A frame body (``ReadingFrame``) sorted like a batch, reading ``i`` its item ``i``: in
     one pass when every reading passes (checked in bulk by pydantic-core), otherwise reading by
     reading, so each refusal says which and why."""
-    try:
-        checked: ReadingFrame | None = read_frame(body)
-    except (ValidationError, FrameError):
-        checked = None
-    if checked is not None and len(checked["ts"]) <= max_items:
-        result = _sort_frame(checked, only_device, not_after)
-        if result is not None:
-            return result
+    result = sort_frame_at_once(
+        body, max_items=max_items, only_device=only_device, not_after=not_after
+    )
+    if result is not None:
+        return result
     return sort_items(frame_items(body, max_items), only_device=only_device, not_after=not_after)
+
+
+def sort_frame_at_once(
+    body: bytes,
+    *,
+    max_items: int,
+    only_device: str | None = None,
+    not_after: datetime | None = None,
+) -> Sorted | None:
+    """A frame body's readings, all accepted, checked in bulk; None when the body is no frame,
+    holds too many readings, or has one to refuse (``sort_frame`` then says which and why)."""
+    try:
+        checked = read_frame(body)
+    except (ValidationError, FrameError):
+        return None
+    if len(checked["ts"]) > max_items:
+        return None
+    return _sort_frame(checked, only_device, not_after)
 
 
 def _sort_frame(

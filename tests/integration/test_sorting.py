@@ -10,6 +10,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
+import orjson
 import psutil
 import pytest
 
@@ -21,6 +22,10 @@ from ingest.sorting import Sorter, SorterUnavailable
 def test_a_worker_process_sorts_as_the_event_loop_would_and_a_dead_one_is_replaced() -> None:
     body = City(seed=5).body(1_782_000_000.0, 500)
     bad = body[:-1] + b",7]"  # one item that is not a reading: the item-by-item path
+    frame = City(seed=5).frame(1_782_000_000.0, 500)
+    columns = orjson.loads(frame)
+    columns["unit"][0] = "furlong"  # a unit its metric cannot be converted from
+    bad_frame = orjson.dumps(columns)
 
     async def go() -> None:
         sorter = Sorter(1)
@@ -29,6 +34,10 @@ def test_a_worker_process_sorts_as_the_event_loop_would_and_a_dead_one_is_replac
         try:
             for sent in (body, bad):
                 assert await sort(sent) == sort_body(sent, ndjson=False, max_items=1000)
+            for sent in (frame, bad_frame):
+                expected = sort_body(sent, ndjson=False, frame=True, max_items=1000)
+                assert await sort(sent, frame=True) == expected
+            assert len(expected.rejected) == 1  # the bad frame was read reading by reading
             with pytest.raises(MalformedBatch, match="not valid JSON"):
                 await sort(b"[{")
 
@@ -39,6 +48,8 @@ def test_a_worker_process_sorts_as_the_event_loop_would_and_a_dead_one_is_replac
             ]
             os.kill(worker.pid, signal.SIGKILL)
             worker.wait(10)
+            # A frame whose readings all pass is checked in bulk in the event loop, no hop.
+            assert len((await sort(frame, frame=True)).accepted) == 500
             with pytest.raises(SorterUnavailable):
                 await sort(body)
             assert len((await sort(body)).accepted) == 500  # a new worker took over
