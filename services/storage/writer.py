@@ -752,7 +752,7 @@ async def run(settings: Settings, stop: asyncio.Event, role: str | None = None) 
     (for a supervisor to restart it) if a child does. The readings role also keeps the
     storage upkeep (rollups and retention on plain PostgreSQL)."""
     if role is None:
-        await _supervise(stop)
+        await _supervise(stop, settings.writer.readings_processes)
         return
     group_id, subscribed = role_consumer(settings, role)
     bulk = role != "alerts" and settings.writer.bulk_niceness > 0
@@ -801,8 +801,15 @@ def _spawn(role: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "services.cli", *command])
 
 
-async def _supervise(stop: asyncio.Event) -> None:
-    children = {role: _spawn(role) for role in ROLES}
+async def _supervise(stop: asyncio.Event, readings_processes: int = 1) -> None:
+    """A child a role, ``readings_processes`` for readings (one consumer group: they share
+    the readings topic's partitions, each writing through a PostgreSQL backend of its own)."""
+    names = [
+        f"{role} {n + 1}" if role == "readings" and readings_processes > 1 else role
+        for role in ROLES
+        for n in range(readings_processes if role == "readings" else 1)
+    ]
+    children = {name: _spawn(name.split()[0]) for name in names}
     try:
         while not stop.is_set():
             for role, child in children.items():

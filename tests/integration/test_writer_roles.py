@@ -3,21 +3,27 @@ together, so a supervisor that restarts the writer restarts them all."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
 import psycopg
 import pytest
+from aiokafka import AIOKafkaProducer
 
+from schemas.readings import SensorReading
+from services.config import KafkaSettings
+from services.kafka import ensure_topics
 from services.local.broker import LocalBroker
 from services.local.postgres import LocalPostgres
-from tests.integration.conftest import eventually, fresh_database, spawn, stack_env
+from tests.integration.conftest import eventually, frame_of, fresh_database, spawn, stack_env
 
 
 def roles(writer: psutil.Process) -> dict[str, psutil.Process]:
@@ -134,3 +140,70 @@ def postgres_niceness(postgres: LocalPostgres) -> int:
 def is_postmaster(process: psutil.Process, postgres: LocalPostgres) -> bool:
     command = process.info["cmdline"] or []
     return bool(command) and command[0].endswith("postgres") and str(postgres.data_dir) in command
+
+
+def test_readings_are_written_by_as_many_processes_as_asked_each_with_its_partitions(
+    broker: LocalBroker, postgres: LocalPostgres, tmp_path: Path
+) -> None:
+    """``writer.readings_processes``: readings roles in one consumer group, sharing the
+    topic's partitions (three here), every reading stored once."""
+    db_url = fresh_database(postgres)
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    env = stack_env(broker.bootstrap, db_url, prefix, CITY_VITALS_WRITER__READINGS_PROCESSES="3")
+    kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=prefix, partitions=3)
+    asyncio.run(ensure_topics(kafka))
+    topic = kafka.topics.readings
+    t0 = datetime(2026, 7, 1, tzinfo=UTC)
+    process = spawn("writer", env, tmp_path / "writer.log")
+    try:
+
+        def readings_roles() -> list[psutil.Process]:
+            children = psutil.Process(process.pid).children()
+            found = [c for c in children if c.cmdline()[-3:-2] == ["readings"]]
+            return found if len(found) == 3 else []
+
+        assert len(eventually(readings_roles)) == 3
+        assert len(roles(psutil.Process(process.pid))) == 3  # alerts and events as ever
+
+        async def produce() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+            await producer.start()
+            try:
+                for partition in range(3):
+                    for batch in range(4):
+                        frame = frame_of(
+                            *(
+                                SensorReading(
+                                    device_id=f"p{partition}-{i}", metric="aqi", value=i,
+                                    unit="AQI", ts=t0 + timedelta(seconds=batch),
+                                )
+                                for i in range(50)
+                            )
+                        )  # fmt: skip
+                        await producer.send_and_wait(topic, frame, partition=partition)
+            finally:
+                await producer.stop()
+
+        asyncio.run(produce())
+
+        def stored() -> tuple[int, int, int]:
+            with psycopg.connect(db_url) as conn:
+                rows = conn.execute(
+                    "SELECT count(*), count(DISTINCT (reading_id, device_id, metric, ts)) "
+                    "FROM readings"
+                ).fetchone()
+                written = conn.execute(
+                    "SELECT count(*) FROM consumer_offsets WHERE topic = %s AND next_offset = 4",
+                    [topic],
+                ).fetchone()
+            assert rows is not None
+            assert written is not None
+            return rows[0], rows[1], written[0]
+
+        assert eventually(lambda: stored() == (600, 600, 3) and stored(), timeout=60)
+    finally:
+        process.kill()
+        for child in psutil.Process().children(recursive=True):
+            if child.pid != process.pid and "--role" in child.cmdline():
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
