@@ -103,7 +103,8 @@ class IngestSettings(_Section):
         "clock running ahead would move its whole partition's event time on and make everyone "
         "else's readings late for the rules engine. Unset: no limit.",
     )
-    # Reading ids remembered to drop a retried batch's repeats (about 100 bytes each).
+    # Reading ids remembered to drop a retried batch's repeats (about 100 bytes each): the
+    # latest half of this at least, all of it at most (ingest.batch.RecentIds).
     dedupe_capacity: int = Field(default=1_000_000, ge=1)
     # Readings of devices missing from the registry, or disabled there, are refused.
     require_registered_devices: bool = True
