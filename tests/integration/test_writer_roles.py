@@ -155,15 +155,17 @@ def test_readings_are_written_by_as_many_processes_as_asked_each_with_its_partit
     topic = kafka.topics.readings
     t0 = datetime(2026, 7, 1, tzinfo=UTC)
     process = spawn("writer", env, tmp_path / "writer.log")
+    children: list[psutil.Process] = []
     try:
 
-        def readings_roles() -> list[psutil.Process]:
-            children = psutil.Process(process.pid).children()
-            found = [c for c in children if c.cmdline()[-3:-2] == ["readings"]]
-            return found if len(found) == 3 else []
+        def all_children() -> list[psutil.Process]:
+            found = psutil.Process(process.pid).children()
+            return found if len(found) == 5 else []  # three readings, alerts, events
 
-        assert len(eventually(readings_roles)) == 3
-        assert len(roles(psutil.Process(process.pid))) == 3  # alerts and events as ever
+        children = eventually(all_children)
+        assert sorted(c.cmdline()[-3] for c in children) == [
+            "alerts", "events", "readings", "readings", "readings",
+        ]  # fmt: skip
 
         async def produce() -> None:
             producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
@@ -203,7 +205,6 @@ def test_readings_are_written_by_as_many_processes_as_asked_each_with_its_partit
         assert eventually(lambda: stored() == (600, 600, 3) and stored(), timeout=60)
     finally:
         process.kill()
-        for child in psutil.Process().children(recursive=True):
-            if child.pid != process.pid and "--role" in child.cmdline():
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    child.kill()
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
