@@ -527,3 +527,39 @@ def test_a_closed_connection_is_reported_not_silently_replaced(
 
     asyncio.run(scenario())
     assert stored(url) == (20, 20)
+
+
+def test_undoing_migration_0011_stores_the_derived_ids_again(postgres: LocalPostgres) -> None:
+    from alembic import command
+
+    from services.db import alembic_config, migrate
+    from services.storage.frames import stored_reading_id
+
+    url = fresh_database(postgres)
+    chosen = uuid.uuid4()
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO readings (ts, reading_id, device_id, metric, value, unit, ingested_at) "
+            "VALUES ('2026-07-01T00:00:00.5Z', NULL, 'd1', 'aqi', 1, 'AQI', now()), "
+            "('2026-07-01T00:00:01Z', NULL, 'd1', 'aqi', 2, 'AQI', now()), "
+            "('2026-07-01T00:00:02Z', %s, 'd2', 'aqi', 3, 'AQI', now())",
+            [chosen],
+        )
+    command.downgrade(alembic_config(url), "0010")
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT reading_id, device_id, metric, ts FROM readings ORDER BY ts"
+        ).fetchall()
+        required = conn.execute(
+            "SELECT attnotnull FROM pg_attribute "
+            "WHERE attrelid = 'readings'::regclass AND attname = 'reading_id'"
+        ).fetchone()
+    assert required == (True,)
+    assert [r[0] for r in rows] == [
+        stored_reading_id(None, "d1", "aqi", rows[0][3]),
+        stored_reading_id(None, "d1", "aqi", rows[1][3]),
+        chosen,
+    ]
+    migrate(DatabaseSettings(url=SecretStr(url)))  # and up again, the ids kept
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(reading_id) FROM readings").fetchone() == (3,)
