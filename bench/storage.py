@@ -6,8 +6,7 @@ history query latency over a month of data.
 It starts its own broker and PostgreSQL in a temporary directory. Four load figures, each
 into an empty ``readings`` table of its own database, from the same readings:
   raw COPY     rows already built in Python, written with binary COPY (the reference), with
-               the CPU PostgreSQL spent a row; then the same without the history index
-               (device, metric, time), which is most of that CPU;
+               the CPU PostgreSQL spent a row;
   writer core  the writer's batch path on records already in memory: decode, validate, COPY,
                offsets in the same transaction;
   writer       the writer process's consumer loop from the broker until every row is stored.
@@ -266,11 +265,9 @@ def main() -> None:
     broker.start()
     try:
         databases = {}
-        for name in ("raw", "unindexed", "core", "writer", "history"):
+        for name in ("raw", "core", "writer", "history"):
             databases[name] = pg.create_database(name)
             migrate(DatabaseSettings(url=SecretStr(databases[name])))
-        with psycopg.connect(databases["unindexed"], autocommit=True) as conn:
-            conn.execute("DROP INDEX readings_device_metric_ts")
 
         t0 = datetime(2026, 6, 1, tzinfo=UTC)
         models = readings(args.rows, t0)
@@ -293,11 +290,6 @@ def main() -> None:
         print(
             f"  raw binary COPY      {raw:>12,.0f} rows/s   (reference); "
             f"PostgreSQL {cpu:.1f} us CPU a row"
-        )
-        bare, bare_cpu = raw_copy(databases["unindexed"], rows)
-        print(
-            f"  ... no history index {bare:>12,.0f} rows/s   {bare / raw:5.2f} x raw; "
-            f"PostgreSQL {bare_cpu:.1f} us CPU a row"
         )
         core = writer_core(settings("core", "bench-core"), values, args.batch, len(rows))
         print(f"  writer core          {core:>12,.0f} rows/s   {core / raw:5.2f} x raw")
