@@ -42,6 +42,7 @@ def make_producer(kafka: KafkaSettings, linger_ms: int | None = None) -> AIOKafk
         linger_ms=kafka.linger_ms if linger_ms is None else linger_ms,
         request_timeout_ms=kafka.request_timeout_ms,
         max_batch_size=1024 * 1024,
+        compression_type=None if kafka.compression == "none" else kafka.compression,
     )
 
 
