@@ -152,8 +152,14 @@ async def run(
         def finished(post: asyncio.Task[float]) -> None:
             posts.discard(post)
             slots.release()
-            if not post.cancelled() and post.exception() is None:
-                counts.posts.append(post.result())
+            if post.cancelled():
+                return
+            if (error := post.exception()) is not None:
+                # Not swallowed: a post that fails other than by transport (retried) or by
+                # the answer's status (counted) is a bug to see.
+                log.error("a post failed", exc_info=error)
+                return
+            counts.posts.append(post.result())
 
         while not stop.is_set():
             tick = time.time()
