@@ -102,6 +102,7 @@ class Run:
         )
         self.control = self.work / "scenario.json"
         self.interval = 1.0  # seconds between the simulator's posts
+        self.concurrency = 8  # the simulator's posts in flight at once
         self.counts: ReadingCounts | None = None  # readings a record holds, once started
 
     def lag(self) -> tuple[int, dict[str, int]]:
@@ -143,7 +144,7 @@ class Run:
         with log.open("ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", "simulate", "--rate", str(rate),
-                 "--concurrency", "8", "--control", str(self.control),
+                 "--concurrency", str(self.concurrency), "--control", str(self.control),
                  "--interval", str(self.interval)],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
@@ -276,6 +277,12 @@ def main() -> None:
         "--interval", type=float, default=0.05, help="Seconds between the simulator's posts."
     )
     parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        help="The simulator's posts in flight at once (gateways posting at the same time).",
+    )
+    parser.add_argument(
         "--same-stack",
         action="store_true",
         help="Measure latency on the stack the rates ran on (by default, a fresh one).",
@@ -302,7 +309,7 @@ def main() -> None:
     typhoon_minutes = STORM_TYPHOON_MINUTES if args.storm else math.ceil(latency_seconds / 48)
     catalogue = Catalogue.from_yaml()
     run = Run()
-    run.interval = args.interval
+    run.interval, run.concurrency = args.interval, args.concurrency
     run.start()
     try:
         if args.latency_rate:
@@ -336,7 +343,7 @@ def main() -> None:
             # not grow so. Half load is measured as it would run from a fresh start.
             run.stop()
             run = Run()
-            run.interval = args.interval
+            run.interval, run.concurrency = args.interval, args.concurrency
             run.start()
             print("(latency measured on a fresh stack; --same-stack keeps the ramp's)")
         if args.storm:

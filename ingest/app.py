@@ -105,7 +105,7 @@ def _openapi_with_contracts(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:  # async: no thread-pool hop
     gateway: Gateway = request.app.state.gateway
     return gateway
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from ingest.batch import Accepted, RecentIds, frames
+from ingest.batch import Accepted, Columns, RecentIds, frames
 from schemas.deadletter import DeadLetter
 from services.config import Settings
 from services.kafka import KeyedBatches, encode
@@ -30,7 +31,7 @@ class Gateway:
         # producer sent them one after another, each after its linger, and requests queued.
         self.batches = KeyedBatches(producer, linger=settings.kafka.linger_ms / 1000)
 
-    async def publish(self, readings: list[Accepted], letters: list[DeadLetter]) -> None:
+    async def publish(self, readings: Sequence[Accepted], letters: list[DeadLetter]) -> None:
         """Hand everything to the broker and wait for its acknowledgement, or raise."""
         try:
             async with asyncio.timeout(self.timeout):
@@ -43,24 +44,34 @@ class Gateway:
         except (KafkaError, TimeoutError) as exc:
             raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
 
-    async def _send_readings(self, readings: list[Accepted]) -> list[asyncio.Future[Any]]:
+    async def _send_readings(self, readings: Sequence[Accepted]) -> list[asyncio.Future[Any]]:
         """Readings in frames, one batch per partition; a device keeps its partition (its
         id hashes to it, as a record keyed by it would)."""
         topic = self.topics.readings
-        placed = await self.batches.place(topic, [r.device_id.encode() for r in readings])
-        return await self.batches.send_placed(
-            topic,
-            {
-                p: [(None, frame) for frame in frames([readings[i] for i in items])]
+        if isinstance(readings, Columns):
+            placed = await self.batches.place(topic, list(map(str.encode, readings.device_id)))
+            by_partition = {
+                p: (readings if len(items) == len(readings) else readings.take(items)).frames()
                 for p, items in placed.items()
-            },
+            }
+        else:
+            placed = await self.batches.place(topic, [r.device_id.encode() for r in readings])
+            by_partition = {p: frames([readings[i] for i in items]) for p, items in placed.items()}
+        return await self.batches.send_placed(
+            topic, {p: [(None, frame) for frame in records] for p, records in by_partition.items()}
         )
 
-    async def accept(self, readings: list[Accepted], letters: list[DeadLetter]) -> list[Accepted]:
+    async def accept(
+        self, readings: Sequence[Accepted], letters: list[DeadLetter]
+    ) -> Sequence[Accepted]:
         """Publish the readings not accepted before (and the letters); returns those sent."""
-        fresh = self.recent.claim([r.ident for r in readings])
-        new = [r for r, is_new in zip(readings, fresh, strict=True) if is_new]
-        claimed = [r.ident for r in new]
+        ids = readings.idents() if isinstance(readings, Columns) else [r.ident for r in readings]
+        fresh = self.recent.claim(ids)
+        if False in fresh:
+            new: Sequence[Accepted] = [r for r, f in zip(readings, fresh, strict=True) if f]
+            claimed = [r.ident for r in new]
+        else:  # the usual case: nothing seen before (a frame stays in its columns)
+            new, claimed = readings, ids
         try:
             await self.publish(new, letters)
         except BaseException:

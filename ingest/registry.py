@@ -15,7 +15,7 @@ from typing import Any, cast
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ingest.batch import Rejection, Sorted
+from ingest.batch import Accepted, Columns, Rejection, Sorted
 from schemas.readings import PLACE_KEYS, LocationRecord
 from services.devices.models import DeviceRead, DeviceStatus
 from services.devices.service import snapshot
@@ -37,8 +37,17 @@ class DeviceEntry:
 def check_devices(result: Sorted, devices: Mapping[str, DeviceEntry]) -> Sorted:
     """Refuse readings of unknown or disabled devices; fill the location a reading leaves out
     from the registry (what the device itself says wins)."""
-    out = Sorted(rejected=list(result.rejected))
-    for accepted in result.accepted:
+    readings = result.accepted
+    if isinstance(readings, Columns):
+        # A frame: each of its devices looked up once, nothing to change in the usual case.
+        entries = [devices.get(d) for d in set(readings.device_id)]
+        if all(e is not None and e.active for e in entries) and (
+            readings.placed() or not any(e.place for e in entries if e is not None)
+        ):
+            return result
+    kept: list[Accepted] = []
+    out = Sorted(kept, list(result.rejected))
+    for accepted in readings:
         entry = devices.get(accepted.device_id)
         if entry is None or not entry.active:
             why = "is not registered" if entry is None else "is disabled in the registry"
@@ -51,7 +60,7 @@ def check_devices(result: Sorted, devices: Mapping[str, DeviceEntry]) -> Sorted:
             if missing:
                 filled = cast(LocationRecord, {**given, **missing})
                 accepted = accepted._replace(location=filled)
-        out.accepted.append(accepted)
+        kept.append(accepted)
     return out
 
 

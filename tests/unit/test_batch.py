@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import pickle
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
 
 from ingest.batch import (
     Accepted,
+    Columns,
     MalformedBatch,
     RecentIds,
     Sorted,
@@ -175,7 +178,7 @@ def test_units_are_normalised_to_the_metric_s_canonical_one() -> None:
 
 def _verdicts(result: Sorted) -> tuple[list[Accepted], list[tuple[int, str]]]:
     return (
-        result.accepted,
+        list(result.accepted),
         [(r.index, r.reason) for r in result.rejected],
     )
 
@@ -347,3 +350,72 @@ def test_a_body_that_is_no_frame_is_refused_whole(body: bytes, words: str) -> No
         sort_body(body, ndjson=False, frame=True, max_items=10)
     with pytest.raises(MalformedBatch, match="exceeds the limit"):
         sort_body(_frame(), ndjson=False, frame=True, max_items=2)
+
+
+def _readings(frame: bytes) -> list[dict[str, Any]]:
+    return frame_readings(read_frame(frame))
+
+
+@pytest.mark.parametrize("size", [2, 3, 2_000])
+def test_a_frame_that_passes_whole_is_re_framed_from_its_columns_as_reading_by_reading(
+    size: int,
+) -> None:
+    """The columnar path (``Columns``) writes the same readings as ``frames`` does from the
+    readings one by one: places renumbered per frame, a place stating nothing as none, ids."""
+    body = _frame(
+        device_id=["d", "e", "f", "g", "h"],
+        metric=["aqi"] * 5,
+        unit=["AQI"] * 5,
+        ts=[1_782_000_000_000_000 + i for i in range(5)],
+        value=[1.0, 2.0, 3.0, 4.0, 5.0],
+        place=[2, None, 0, 1, 2],
+        places={"district": ["yuexiu", None, "tianhe"], "grid": [None, None, "g7"]},
+        reading_id=[None, str(uuid.UUID(int=7)), None, None, None],
+    )
+    result = sort_body(body, ndjson=False, frame=True, max_items=10)
+    columns = result.accepted
+    assert isinstance(columns, Columns)
+    assert not result.rejected
+    assert columns[3].location is None  # place 1 states nothing
+    assert columns[1].ident == str(uuid.UUID(int=7))
+    assert columns[0].ident == ("d", "aqi", columns[0].ts)
+    assert columns.idents() == [a.ident for a in columns]
+    mine = [r for frame in columns.frames(size) for r in _readings(frame)]
+    theirs = [r for frame in frames(list(columns), size) for r in _readings(frame)]
+    assert mine == theirs
+    districts = [(r.get("location") or {}).get("district") for r in mine]
+    assert districts == ["tianhe", None, "yuexiu", None, "tianhe"]
+    part = columns.take([4, 0])
+    assert [r for f in part.frames(size) for r in _readings(f)] == [theirs[4], theirs[0]]
+
+
+def test_a_frame_s_columns_pickle_and_compare_as_its_readings() -> None:
+    result = sort_body(City(seed=5).frame(1_782_000_000.5, 50), ndjson=False, frame=True,
+                       max_items=100)  # fmt: skip
+    assert isinstance(result.accepted, Columns)
+    back = pickle.loads(pickle.dumps(result))
+    assert back.accepted == result.accepted == list(result.accepted)
+    assert len(back.accepted) == 50
+    assert back.accepted.placed()
+
+
+def test_the_registry_checks_a_frame_s_devices_in_its_columns() -> None:
+    from ingest.registry import DeviceEntry, check_devices
+
+    placed = {"district": "yuexiu"}
+    body = _frame(unit=["cm"] * 3, place=[0, None, 0])
+    everyone = {d: DeviceEntry(active=True) for d in "def"}
+    result = sort_body(body, ndjson=False, frame=True, max_items=10)
+    assert check_devices(result, everyone) is result  # nothing to refuse or fill: untouched
+    filled = check_devices(result, {**everyone, "e": DeviceEntry(active=True, place=placed)})
+    assert [a.location for a in filled.accepted] == [placed, placed, placed]
+    refused = check_devices(result, {**everyone, "f": DeviceEntry(active=False)})
+    assert [a.device_id for a in refused.accepted] == ["d", "e"]
+    assert [(r.index, "disabled" in r.reason) for r in refused.rejected] == [(2, True)]
+
+
+def test_recent_ids_take_an_id_repeated_within_a_batch_once() -> None:
+    recent = RecentIds(capacity=10)
+    assert recent.claim(["a", "b", "a"]) == [True, True, False]
+    recent.settle(["a", "b"], delivered=True)
+    assert recent.claim(["a", "c"]) == [False, True]
