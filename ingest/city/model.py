@@ -102,15 +102,19 @@ class City:
             + b',"value":'
             for d in devices
         ]
-        # The same, column by column, for frames: each device's id and place.
-        self._ids = [d.device_id for d in devices]
-        self._metric = [d.metric for d in devices]
-        self._unit = [d.unit for d in devices]
-        self._place = [
-            {"lon": d.grid.lon, "lat": d.grid.lat, "grid": d.grid.code,
-             "street": d.grid.street.code, "district": d.grid.street.district}
-            for d in devices
-        ]  # fmt: skip
+        # The same, column by column, for frames: each device's id and place, as arrays of
+        # the objects (picked by index in C: a list comprehension a column cost the simulator
+        # ~0.2 us a reading, beside the stack it loads).
+        self._ids = np.array([d.device_id for d in devices], dtype=object)
+        self._metric = np.array([d.metric for d in devices], dtype=object)
+        self._unit = np.array([d.unit for d in devices], dtype=object)
+        self._place = {
+            "lon": np.array([d.grid.lon for d in devices], dtype=object),
+            "lat": np.array([d.grid.lat for d in devices], dtype=object),
+            "grid": np.array([d.grid.code for d in devices], dtype=object),
+            "street": np.array([d.grid.street.code for d in devices], dtype=object),
+            "district": np.array([d.grid.street.district for d in devices], dtype=object),
+        }
         self.cursor = 0
 
     def values(
@@ -166,15 +170,14 @@ class City:
         second = int(now) - 1
         millis = np.clip(((t - second) * 1000).astype(np.int64), 0, 1999)
         devices, place = np.unique(idx, return_inverse=True)
-        each = idx.tolist()
         frame = {
-            "device_id": [self._ids[i] for i in each],
-            "metric": [self._metric[i] for i in each],
-            "unit": [self._unit[i] for i in each],
+            "device_id": self._ids[idx].tolist(),
+            "metric": self._metric[idx].tolist(),
+            "unit": self._unit[idx].tolist(),
             "ts": ((second * 1000 + millis) * 1000).tolist(),
             "value": np.round(values, 2).tolist(),
             "place": place.tolist(),
-            "places": {key: [self._place[i][key] for i in devices.tolist()] for key in PLACE_KEYS},
+            "places": {key: self._place[key][devices].tolist() for key in PLACE_KEYS},
         }
         return orjson.dumps(frame)
 
