@@ -109,3 +109,38 @@ def test_a_full_batch_goes_at_once_and_a_sender_giving_up_cancels_only_its_wait(
     assert handed == futures  # the full batches went before the linger ran out
     assert [v for _, _, v in got][-1] == b"late"
     assert len(got) == 41
+
+
+class SlowHandOver(KeyedBatches):
+    """Its first batch takes a while to be given to the producer (a producer busy sending)."""
+
+    handed = 0
+
+    async def _send(self, *args: Any) -> None:
+        self.handed += 1
+        if self.handed == 1:
+            await asyncio.sleep(0.4)
+        await super()._send(*args)
+
+
+def test_a_lingered_batch_stays_open_while_the_one_before_it_waits(broker: LocalBroker) -> None:
+    async def run() -> tuple[int, list[bytes]]:
+        topic = await _topic(broker.bootstrap, 1)
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+        try:
+            batches = SlowHandOver(producer, linger=0.02)
+            first = await batches.send(topic, [(b"k", b"1")])
+            await asyncio.sleep(0.05)  # its linger is over: handed over, slowly
+            second = await batches.send(topic, [(b"k", b"2")])
+            await asyncio.sleep(0.1)  # the second's linger is over too, the first still going
+            third = await batches.send(topic, [(b"k", b"3")])
+            await asyncio.gather(*first, *second, *third)
+            got = await _read(broker.bootstrap, topic, 3)
+            return batches.handed, [v for _, _, v in got]
+        finally:
+            await producer.stop()
+
+    handed, values = asyncio.run(run())
+    assert handed == 2  # the third joined the second, which waited for the first
+    assert values == [b"1", b"2", b"3"]

@@ -17,7 +17,15 @@ import numpy as np
 import orjson
 import pytest
 
-from rules.engine import Definitions, Output, RollupTask, SourceTask, encode_tick, replay
+from rules.engine import (
+    Definitions,
+    Output,
+    RollupTask,
+    SourceTask,
+    encode_tick,
+    frame_places,
+    replay,
+)
 from rules.indicators import Catalogue, Indicator, Source
 from schemas.alerts import AlertTransition, Condition, ScopeLevel, TransitionKind
 from schemas.readings import encode_frame
@@ -404,3 +412,13 @@ def test_snapshots_pickled_before_acc_had_a_reduce_still_load() -> None:
     Before(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(task)
     assert buffer.getvalue() != pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
     assert pickle.loads(buffer.getvalue()) == task == pickle.loads(pickle.dumps(task))
+
+
+def test_a_frame_s_places_are_read_as_the_scope_levels_between_device_and_city() -> None:
+    places: dict[str, list[Any]] = {
+        "lon": [113.2, 113.3],
+        "district": ["yuexiu", None],
+        "grid": ["g1", "g2"],
+    }
+    assert frame_places(places) == [("g1", None, "yuexiu"), ("g2", None, None)]
+    assert frame_places({}) == []
