@@ -115,14 +115,25 @@ class Acc:
         )
 
     def merge(self, other: Acc) -> None:
-        self.count += other.count
-        self.total += other.total
-        self.low = min(self.low, other.low)
-        self.high = max(self.high, other.high)
-        if (other.first_ts, other.first) < (self.first_ts, self.first):
-            self.first_ts, self.first = other.first_ts, other.first
-        if (other.last_ts, other.last) > (self.last_ts, self.last):
-            self.last_ts, self.last = other.last_ts, other.last
+        self.add(other.count, other.total, other.low, other.high, other.first_ts, other.first,
+                 other.last_ts, other.last)  # fmt: skip
+
+    def add(
+        self, count: int, total: int, low: float, high: float, first_ts: int, first: float,
+        last_ts: int, last: float,
+    ) -> None:  # fmt: skip
+        """Merge a partial given by its fields (no Acc made for it: a device-level indicator
+        merges about one a reading)."""
+        self.count += count
+        self.total += total
+        if low < self.low:
+            self.low = low
+        if high > self.high:
+            self.high = high
+        if first_ts < self.first_ts or (first_ts == self.first_ts and first < self.first):
+            self.first_ts, self.first = first_ts, first
+        if last_ts > self.last_ts or (last_ts == self.last_ts and last > self.last):
+            self.last_ts, self.last = last_ts, last
 
     def value(self, aggregation: Aggregation) -> float:
         match aggregation:
@@ -523,21 +534,20 @@ class SourceTask:
         windows = self.windows.setdefault(code, {})
         # As Python numbers in one go per column: a numpy scalar read per field cost ~1 us a
         # partial, and a device-level indicator has about one partial a reading.
-        for s, start, *summary in zip(
+        for s, start, count, total, low, high, first_ts, first, last_ts, last in zip(
             p.scope.tolist(), p.start.tolist(), p.count.tolist(), p.total.tolist(),
             p.low.tolist(), p.high.tolist(), p.first_ts.tolist(), p.first.tolist(),
             p.last_ts.tolist(), p.last.tolist(), strict=True,
         ):  # fmt: skip
             scope_id = names[s]
-            acc = Acc(*summary)
             group = windows.get(start)
             if group is None:
                 group = windows[start] = {}
             found = group.get(scope_id)
             if found is None:
-                group[scope_id] = acc
+                group[scope_id] = Acc(count, total, low, high, first_ts, first, last_ts, last)
             else:
-                found.merge(acc)
+                found.add(count, total, low, high, first_ts, first, last_ts, last)
 
     def _close(self, defs: Definitions, indicator: Indicator, out: Output) -> None:
         assert self.max_ts is not None
