@@ -2,8 +2,8 @@
 PostgreSQL, ingest, rules engine, writer, API) at rising rates.
 
     python -m bench.e2e [--rates 10000,20000,40000,60000,80000,100000,150000] [--step-seconds 30]
-                        [--latency-seconds 300] [--interval 0.05] [--storm]
-                        [--latency-rate RATE]
+                        [--latency-seconds 300] [--interval 0.05] [--concurrency 8]
+                        [--storm] [--latency-rate RATE]
 
 For each rate the simulator posts readings (and 12345 calls) for ``--step-seconds``; the rate
 is kept up with when ingest accepts at least 90% of it and neither the rules engine's nor the
@@ -17,8 +17,9 @@ waits for by definition before it may close a window. The latency phase runs on 
 stack (``--same-stack`` to keep the ramp's): the local broker's fetches grow costlier with
 everything it has ever stored.
 The simulator posts every ``--interval`` seconds what the devices measured since its last
-post: the reading that lets a window close reaches ingest up to that long after the moment
-it could close, which the latency includes.
+post, with at most ``--concurrency`` posts in flight (gateways posting at once): the
+reading that lets a window close reaches ingest up to that long after the moment it could
+close, which the latency includes.
 
 How many transitions a window close brings depends on where the typhoon stands at it, so a
 run's tail depends on the minute it was started. ``--storm`` makes it the same every time,
